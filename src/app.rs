@@ -1,0 +1,199 @@
+//! Assembly and lifecycle.
+//!
+//! Owns: building the broker from a [`Config`], binding its listeners, the background tasks
+//! (key maintenance, refresh scheduler) and their orderly shutdown.
+//!
+//! Promises:
+//! - [`start`] returns once listeners are bound and every provider's keys were loaded or failed
+//!   to load within `tokens.oidc_timeout` (failed ones are retried in the background and answer
+//!   503 meanwhile); tests bind port 0 and read the addresses from [`Running`];
+//! - [`Running::stop`] (and [`run`] on its shutdown future) stops accepting at once, lets
+//!   in-flight requests finish within `server.shutdown_grace`, stops background refresh, and
+//!   returns; nothing keeps running afterwards.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use crate::clock::{self, SharedClock};
+use crate::cognito::{CognitoApi, Exchanger, RetryPolicy, SdkCognito};
+use crate::config::Config;
+use crate::identity::IdentityCache;
+use crate::metrics::Metrics;
+use crate::oidc::Validator;
+use crate::server::{self, Limits, container};
+
+/// Replacements for production dependencies (tests, the demo).
+#[derive(Default)]
+pub struct Overrides {
+    /// The clock (default: the system clock).
+    pub clock: Option<SharedClock>,
+    /// The Cognito implementation (default: the AWS SDK client from `[cognito]`).
+    pub cognito: Option<Arc<dyn CognitoApi>>,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A started broker.
+pub struct Running {
+    /// Where the container-credentials endpoint listens.
+    pub container_addr: SocketAddr,
+    /// The broker (for in-process inspection).
+    pub broker: Arc<Broker>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    listeners: TaskTracker,
+    background: TaskTracker,
+    background_stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("container_addr", &self.container_addr)
+            .finish()
+    }
+}
+
+/// Builds and starts a broker.
+pub async fn start(config: Config, overrides: Overrides) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let clock = overrides.clock.unwrap_or_else(clock::system);
+    let provider_names: Vec<String> = config.providers.iter().map(|p| p.name.clone()).collect();
+    let metrics = Metrics::new(&provider_names);
+    let http = crate::http::client(config.tokens.oidc_timeout);
+
+    let validator = Arc::new(Validator::new(
+        &config.providers,
+        &config.tokens,
+        http,
+        clock.clone(),
+        metrics.clone(),
+    ));
+    validator.load_all().await;
+
+    let api = overrides
+        .cognito
+        .unwrap_or_else(|| Arc::new(SdkCognito::new(&config.cognito)));
+    let exchanger = Exchanger::new(
+        api,
+        &config.cognito.identity_pool_id,
+        RetryPolicy::from_config(&config.cognito),
+        metrics.clone(),
+    );
+    let identities = IdentityCache::new(
+        exchanger,
+        &config.cache,
+        config.tokens.min_token_validity,
+        config.cognito.account_id.as_deref(),
+        clock.clone(),
+        metrics.clone(),
+    );
+    let broker = Arc::new(Broker::new(
+        validator.clone(),
+        identities.clone(),
+        metrics,
+        clock,
+        config.server.max_pending_exchanges,
+        config.cognito.custom_role_arn.as_deref(),
+    ));
+
+    let addr = config.server.listen;
+    let listener = server::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let container_addr = listener.local_addr().unwrap_or(addr);
+
+    let shutdown = CancellationToken::new();
+    let background_stop = CancellationToken::new();
+    let listeners = TaskTracker::new();
+    let background = TaskTracker::new();
+
+    listeners.spawn(server::serve(
+        listener,
+        container::router(broker.clone(), config.server.request_timeout),
+        Limits::from_config(&config.server),
+        shutdown.clone(),
+    ));
+    background.spawn(validator.maintain(background_stop.clone()));
+    background.spawn(identities.run_scheduler(background_stop.clone()));
+    listeners.close();
+    background.close();
+
+    tracing::info!(
+        listen = %container_addr,
+        providers = ?provider_names,
+        identity_pool_id = %config.cognito.identity_pool_id,
+        "credbroker is serving"
+    );
+    Ok(Running {
+        container_addr,
+        broker,
+        config,
+        shutdown,
+        listeners,
+        background,
+        background_stop,
+    })
+}
+
+impl Running {
+    /// The URL SDKs use (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+    pub fn credentials_url(&self) -> String {
+        format!(
+            "http://{}{}",
+            self.container_addr,
+            container::CREDENTIALS_PATH
+        )
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stops: no new connections, in-flight requests drain within `server.shutdown_grace`,
+    /// background work stops. Returns whether the drain finished in time.
+    pub async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        let grace = self.config.server.shutdown_grace;
+        let drained = tokio::time::timeout(grace, self.listeners.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "requests still running after the grace period"
+            );
+        }
+        self.background_stop.cancel();
+        self.background.wait().await;
+        tracing::info!("credbroker stopped");
+        drained
+    }
+}
+
+/// Runs a broker until `shutdown` completes, then stops it.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let running = start(config, Overrides::default()).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}

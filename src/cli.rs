@@ -1,0 +1,103 @@
+//! Command-line interface.
+//!
+//! Owns: the `credbroker` commands and flags, and turning flags into configuration overrides.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DEFAULT_LISTEN, ENV_CONFIG_FILE, Sources};
+
+/// Per-user temporary AWS credentials for OIDC users, served to any AWS SDK.
+#[derive(Debug, Parser)]
+#[command(name = "credbroker", version, about, long_about = None)]
+pub struct Cli {
+    /// The TOML configuration file.
+    #[arg(short, long, global = true, env = ENV_CONFIG_FILE, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker (the default).
+    Run(RunArgs),
+    /// Validate the configuration and print it, or every problem found (exit 64).
+    CheckConfig {
+        /// The file to check (default: --config).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Run the whole flow locally against built-in emulators (no AWS account).
+    Demo(DemoArgs),
+    /// Resolve credentials through the AWS SDK's default chain, as an app would, and print
+    /// them with secrets redacted.
+    Probe {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+    },
+}
+
+/// Flags of `run` (they override the file and the environment).
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Listen address of the container-credentials endpoint.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Log filter (RUST_LOG still wins).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl RunArgs {
+    /// The flags as dotted-key overrides.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let mut o = Vec::new();
+        if let Some(v) = &self.listen {
+            o.push(("server.listen".to_owned(), v.clone()));
+        }
+        if let Some(v) = &self.log_level {
+            o.push(("log.level".to_owned(), v.clone()));
+        }
+        if let Some(v) = &self.log_format {
+            o.push(("log.format".to_owned(), v.clone()));
+        }
+        o
+    }
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run the flow once through the AWS SDK, print the result and exit (0 on success).
+    #[arg(long)]
+    pub check: bool,
+    /// Where the broker listens (falls back to a free port when taken).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Where to write the demo user's ID token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Configuration sources for a file, the process environment and flag overrides.
+pub fn sources(
+    file: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    overrides: Vec<(String, String)>,
+) -> Sources {
+    Sources {
+        file,
+        toml: None,
+        env,
+        overrides,
+    }
+}

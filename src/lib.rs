@@ -1,0 +1,52 @@
+//! # credbroker
+//!
+//! Per-user temporary AWS credentials for people who signed in with an OIDC provider (Auth0,
+//! Okta, Entra ID, Keycloak, Cognito user pools), brokered through an Amazon Cognito identity
+//! pool and served to any AWS SDK.
+//!
+//! ## Data flow
+//!
+//! ```text
+//!  app / AWS SDK ──GET /v1/credentials, Authorization: <ID token>──▶ server::container
+//!                                                                        │
+//!                                                      broker::Broker ◀──┘  (one facade for
+//!                                                        │      │             every surface)
+//!            oidc::Validator ◀── validate(raw token) ────┘      │
+//!             │  digest cache hit → done (no RSA)               │
+//!             │  else parse → alg/iss/aud/exp/nbf checks         │
+//!             │  → key by kid (rate-limited JWKS refetch)        │
+//!             │  → signature (openidconnect)                     ▼
+//!             │                                   identity::IdentityCache  key = (pool, iss, sub, role)
+//!             │                                     │ servable credentials cached → done
+//!             │                                     │ else single-flight exchange task:
+//!             │                                     ▼
+//!             │                          cognito::Exchanger ──▶ GetId (once per identity)
+//!             │                            retries + backoff ──▶ GetCredentialsForIdentity
+//!             │                                     │
+//!             └── discovery + JWKS (http)            └── scheduler: refresh ahead of expiry,
+//!                                                        rate-limited, jittered; idle eviction
+//! ```
+//!
+//! Time is injected ([`clock`]) so expiry and refresh are tested under paused time; secrets are
+//! [`secret::Secret`] types that never print; configuration is validated once ([`config`]).
+//! The [`emulator`] module carries an OIDC issuer and a Cognito Identity service that validate
+//! tokens like the real ones, used by the tests and by `credbroker demo`.
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod clock;
+pub mod cognito;
+pub mod config;
+pub mod demo;
+pub mod emulator;
+pub mod fsutil;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod oidc;
+pub mod probe;
+pub mod secret;
+pub mod server;
+pub mod signals;
+pub mod telemetry;

@@ -1,0 +1,97 @@
+//! The `credbroker` binary: parse the command line, load configuration (exit 64 with every
+//! problem listed), install logging, run. Everything else lives in the library.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+use credbroker::cli::{self, Cli, Command, RunArgs};
+use credbroker::{app, config, demo, probe, signals, telemetry};
+
+/// EX_USAGE: the configuration is invalid.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("credbroker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    match command {
+        Command::CheckConfig { file } => {
+            match config::load(&cli::sources(file.or(cli.config), env, Vec::new())) {
+                Ok(c) => {
+                    println!("configuration is valid:\n{c:#?}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Run(args) => {
+            let sources = cli::sources(cli.config, env, args.overrides());
+            let config = match config::load(&sources) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("credbroker: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            if let Err(e) = telemetry::init(&config.log, rust_log.as_deref()) {
+                eprintln!("credbroker: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            match runtime.block_on(app::run(config, signals::shutdown())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "credbroker failed");
+                    eprintln!("credbroker: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(args) => {
+            let log = config::LogConfig {
+                level: "warn,credbroker=info,credbroker::audit=warn".to_owned(),
+                format: config::LogFormat::Text,
+            };
+            let _ = telemetry::init(&log, rust_log.as_deref());
+            let exe = std::env::current_exe().unwrap_or_else(|_| "credbroker".into());
+            let options = demo::DemoOptions {
+                check: args.check,
+                listen: args.listen,
+                token_file: args.token_file,
+            };
+            match runtime.block_on(demo::run(options, &exe, signals::shutdown())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("credbroker demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Probe { timeout } => {
+            match runtime.block_on(probe::probe(Duration::from_secs(timeout))) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("credbroker probe: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Every Prometheus metric credbroker exports, in one place.
+//!
+//! Owns: metric names, help texts, label sets, and the registry they live in.
+//!
+//! Promises:
+//! - label values come from small fixed sets (outcome codes, operation names, configured provider
+//!   names, surfaces); never a subject, token, identity id or key;
+//! - hot-path counters are resolved to concrete handles once, so serving cached credentials
+//!   costs a few atomic increments;
+//! - [`Metrics::render`] produces the Prometheus text exposition format (checked with
+//!   `promtool check metrics` in CI).
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+/// The surfaces credentials are served on (a bounded label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Surface {
+    /// The container-credentials endpoint.
+    Container,
+    /// The IMDSv2-compatible endpoint.
+    Imds,
+    /// The gRPC API.
+    Grpc,
+    /// The AppSync forwarder.
+    Appsync,
+    /// The sessions API.
+    Sessions,
+}
+
+impl Surface {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::Imds => "imds",
+            Self::Grpc => "grpc",
+            Self::Appsync => "appsync",
+            Self::Sessions => "sessions",
+        }
+    }
+}
+
+/// The registry and every metric in it.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+/// The metric handles. Fields are public so components record directly.
+pub struct Inner {
+    registry: Registry,
+    /// `credbroker_token_validations_total{provider, outcome}`.
+    pub token_validations: IntCounterVec,
+    /// `credbroker_jwks_fetches_total{provider, result}`.
+    pub jwks_fetches: IntCounterVec,
+    /// `credbroker_jwks_refetches_suppressed_total{provider}`.
+    pub jwks_refetch_suppressed: IntCounterVec,
+    /// `credbroker_jwks_key_rotations_total{provider}`.
+    pub jwks_rotations: IntCounterVec,
+    /// `credbroker_cognito_calls_total{operation, outcome}`.
+    pub cognito_calls: IntCounterVec,
+    /// `credbroker_cognito_call_duration_seconds{operation}`.
+    pub cognito_latency: HistogramVec,
+    /// `credbroker_cognito_retries_total{operation}`.
+    pub cognito_retries: IntCounterVec,
+    /// `credbroker_cache_lookups_total{result}`: hit, miss, joined (single-flight), negative.
+    pub cache_lookups: IntCounterVec,
+    /// `credbroker_cache_evictions_total{cause}`.
+    pub cache_evictions: IntCounterVec,
+    /// `credbroker_identities_cached`.
+    pub identities_cached: IntGauge,
+    /// `credbroker_refreshes_total{trigger, result}`.
+    pub refreshes: IntCounterVec,
+    /// `credbroker_soonest_credential_expiry_seconds`.
+    pub soonest_credential_expiry: Gauge,
+    /// `credbroker_soonest_token_expiry_seconds`.
+    pub soonest_token_expiry: Gauge,
+    /// `credbroker_served_below_min_remaining_total`.
+    pub served_below_min_remaining: IntCounter,
+    /// `credbroker_requests_total{surface, status}`.
+    pub requests: IntCounterVec,
+    /// `credbroker_request_duration_seconds{surface}`.
+    pub request_latency: HistogramVec,
+    /// `credbroker_credentials_issued_total{surface}`: served credential sets (audit events).
+    pub issued: IntCounterVec,
+    /// Pre-resolved hot-path handles.
+    pub hot: HotPath,
+}
+
+/// Handles for the cached-credentials path, resolved once.
+pub struct HotPath {
+    /// `cache_lookups{result="hit"}`.
+    pub cache_hit: IntCounter,
+    /// `requests{surface="container",status="200"}`.
+    pub container_ok: IntCounter,
+    /// `request_duration_seconds{surface="container"}`.
+    pub container_latency: Histogram,
+    /// `token_validations{outcome="cached"}` is per provider; resolved lazily per provider.
+    pub token_cached: Vec<(String, IntCounter)>,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    /// Creates every metric, registered in a fresh registry. `providers` are the configured
+    /// provider names (pre-resolved for the hot path).
+    pub fn new(providers: &[String]) -> Self {
+        let registry = Registry::new_custom(Some("credbroker".to_owned()), None)
+            .expect("a constant prefix is valid");
+
+        fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        }
+        fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            r.register(Box::new(h.clone())).expect("unique metric");
+            h
+        }
+        fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+            let g = Gauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        }
+
+        let r = &registry;
+        let token_validations = counter_vec(
+            r,
+            "token_validations_total",
+            "ID token validations by provider and outcome (ok, cached, or the rejection code).",
+            &["provider", "outcome"],
+        );
+        let cache_lookups = counter_vec(
+            r,
+            "cache_lookups_total",
+            "Identity cache lookups: hit (usable credentials cached), miss (upstream exchange \
+             started), joined (waited on an exchange already in flight), negative (recent \
+             failure remembered, no upstream call).",
+            &["result"],
+        );
+        let requests = counter_vec(
+            r,
+            "requests_total",
+            "Requests by surface and HTTP-equivalent status.",
+            &["surface", "status"],
+        );
+        let request_latency = histogram_vec(
+            r,
+            "request_duration_seconds",
+            "Time to answer a request, by surface.",
+            &["surface"],
+        );
+        let identities_cached =
+            IntGauge::new("identities_cached", "Identities in the cache.").expect("valid metric");
+        r.register(Box::new(identities_cached.clone()))
+            .expect("unique metric");
+        let served_below_min_remaining = IntCounter::new(
+            "served_below_min_remaining_total",
+            "Credential sets served with less than the effective min_remaining left (should \
+             stay 0).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(served_below_min_remaining.clone()))
+            .expect("unique metric");
+
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            // A second registration (several brokers in one test process) is harmless to skip.
+            let _ = r.register(Box::new(pc));
+        }
+
+        let hot = HotPath {
+            cache_hit: cache_lookups.with_label_values(&["hit"]),
+            container_ok: requests.with_label_values(&[Surface::Container.as_str(), "200"]),
+            container_latency: request_latency.with_label_values(&[Surface::Container.as_str()]),
+            token_cached: providers
+                .iter()
+                .map(|p| {
+                    (
+                        p.clone(),
+                        token_validations.with_label_values(&[p.as_str(), "cached"]),
+                    )
+                })
+                .collect(),
+        };
+
+        let inner = Inner {
+            jwks_fetches: counter_vec(
+                r,
+                "jwks_fetches_total",
+                "Discovery + JWKS fetches by provider and result (ok, error).",
+                &["provider", "result"],
+            ),
+            jwks_refetch_suppressed: counter_vec(
+                r,
+                "jwks_refetches_suppressed_total",
+                "Unknown-kid JWKS refetches skipped because one happened within \
+                 tokens.jwks_refetch_interval.",
+                &["provider"],
+            ),
+            jwks_rotations: counter_vec(
+                r,
+                "jwks_key_rotations_total",
+                "JWKS fetches that changed the set of key ids.",
+                &["provider"],
+            ),
+            cognito_calls: counter_vec(
+                r,
+                "cognito_calls_total",
+                "Cognito Identity calls (each attempt) by operation and outcome.",
+                &["operation", "outcome"],
+            ),
+            cognito_latency: histogram_vec(
+                r,
+                "cognito_call_duration_seconds",
+                "Latency of one Cognito Identity call attempt, by operation.",
+                &["operation"],
+            ),
+            cognito_retries: counter_vec(
+                r,
+                "cognito_retries_total",
+                "Cognito Identity attempts that were retries, by operation.",
+                &["operation"],
+            ),
+            cache_evictions: counter_vec(
+                r,
+                "cache_evictions_total",
+                "Identities removed from the cache, by cause (idle, capacity, revoked, replaced).",
+                &["cause"],
+            ),
+            refreshes: counter_vec(
+                r,
+                "refreshes_total",
+                "Credential refreshes by trigger (ahead, on_demand) and result (ok, failed, \
+                 skipped_token_expired).",
+                &["trigger", "result"],
+            ),
+            soonest_credential_expiry: gauge(
+                r,
+                "soonest_credential_expiry_seconds",
+                "Seconds until the soonest expiry among cached credentials (+Inf when none).",
+            ),
+            soonest_token_expiry: gauge(
+                r,
+                "soonest_token_expiry_seconds",
+                "Seconds until the soonest expiry among ID tokens held for refresh (+Inf when \
+                 none).",
+            ),
+            issued: counter_vec(
+                r,
+                "credentials_issued_total",
+                "Credential sets handed to callers, by surface (one audit log line each).",
+                &["surface"],
+            ),
+            registry,
+            token_validations,
+            cache_lookups,
+            identities_cached,
+            served_below_min_remaining,
+            requests,
+            request_latency,
+            hot,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.inner.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts a token validation that was answered from the verified-token cache.
+    pub fn token_cached(&self, provider: &str) {
+        match self
+            .inner
+            .hot
+            .token_cached
+            .iter()
+            .find(|(p, _)| p == provider)
+        {
+            Some((_, c)) => c.inc(),
+            None => self
+                .inner
+                .token_validations
+                .with_label_values(&[provider, "cached"])
+                .inc(),
+        }
+    }
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}

@@ -1,0 +1,988 @@
+//! ID token validation.
+//!
+//! Owns: trusted providers' discovery documents and key sets, and the decision whether a raw
+//! ID token is valid ([`Validator::validate`]).
+//!
+//! Promises:
+//! - a token is accepted only if: it is at most `tokens.max_token_bytes` long; it is a compact
+//!   JWS (three segments); its `alg` is one the provider allows (never `none` or HS*, which are
+//!   refused with a message that names the fix); its `iss` equals a configured issuer byte for
+//!   byte; `aud` contains an accepted client id, and `azp`, when present, is one; `exp` is
+//!   present and `exp`, `nbf`, `iat` hold within `tokens.leeway`; `sub` is present; and its
+//!   signature verifies with the provider's published key for its `kid`;
+//! - each rejection has its own [`TokenError`] variant, code and actionable message;
+//! - a token seen before is answered from a cache keyed by its SHA-256 digest until it expires,
+//!   so the hot path never repeats signature verification;
+//! - an unknown `kid` triggers at most one JWKS refetch per `tokens.jwks_refetch_interval` per
+//!   provider (key rotation works; garbage tokens cannot make credbroker hammer the issuer);
+//!   keys are also refreshed every `tokens.jwks_refresh_interval`;
+//! - a provider whose keys could not be loaded yet answers `ProviderUnavailable` (503), retried
+//!   in the background; it never blocks other providers.
+//!
+//! openidconnect does discovery, JWKS fetching and the signature cryptography. Claims are read
+//! here, minimally: providers send loosely typed claims (Auth0's string `updated_at`) that a
+//! strict parser would reject although credbroker never needs them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use base64::Engine as _;
+use openidconnect::core::{CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreProviderMetadata};
+use openidconnect::{IssuerUrl, JsonWebKey, SignatureVerificationError};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{self, SharedClock};
+use crate::config::{Algorithm, ProviderConfig, TokenConfig, algorithm_refusal};
+use crate::http::{self, HttpsClient};
+use crate::metrics::Metrics;
+use crate::secret::SecretString;
+
+/// Largest discovery or JWKS document accepted.
+const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// A validated ID token.
+pub struct VerifiedToken {
+    /// The provider that issued it.
+    pub provider: Arc<Provider>,
+    /// The `sub` claim.
+    pub subject: Arc<str>,
+    /// The `exp` claim.
+    pub expires_at: SystemTime,
+    /// The token itself, for Cognito's `Logins` map.
+    pub raw: SecretString,
+    /// SHA-256 of the raw token (never logged; used as a cache key).
+    pub digest: [u8; 32],
+    /// The provider's key-withdrawal generation when this token was verified.
+    generation: u64,
+}
+
+impl fmt::Debug for VerifiedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedToken")
+            .field("provider", &self.provider.config.name)
+            .field("subject", &self.subject)
+            .field("expires_at", &clock::format_aws_timestamp(self.expires_at))
+            .field("raw", &self.raw)
+            .finish()
+    }
+}
+
+/// Why a token was refused. Each variant has a stable [`TokenError::code`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// No token was sent.
+    #[error(
+        "no ID token: send it as the Authorization header (AWS SDKs do this when \
+         AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE names a file holding the token)"
+    )]
+    Missing,
+    /// Longer than `tokens.max_token_bytes`.
+    #[error("the token is {len} bytes, more than the {max} allowed (tokens.max_token_bytes)")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not a parseable JWT.
+    #[error("not a valid JWT: {0}")]
+    Malformed(String),
+    /// `alg: none`.
+    #[error("the token is unsigned (alg \"none\"); only signed ID tokens are accepted")]
+    Unsigned,
+    /// HS256/384/512.
+    #[error("the token is signed with {alg}. {}", symmetric_hint())]
+    Symmetric {
+        /// The `alg` header.
+        alg: String,
+    },
+    /// An asymmetric algorithm this provider is not configured to accept.
+    #[error(
+        "the token is signed with {alg}, which providers.{provider}.algorithms does not allow \
+         (allowed: {allowed})"
+    )]
+    AlgorithmNotAllowed {
+        /// The `alg` header.
+        alg: String,
+        /// Provider name.
+        provider: String,
+        /// Allowed algorithms.
+        allowed: String,
+    },
+    /// No provider has this `iss`.
+    #[error("no provider is configured for issuer {iss:?} (configured: {configured})")]
+    UnknownIssuer {
+        /// The token's `iss`.
+        iss: String,
+        /// Configured issuers.
+        configured: String,
+    },
+    /// `iss` matches a configured issuer except for a trailing slash.
+    #[error(
+        "the token's iss {iss:?} differs from providers.{provider}.issuer {configured:?} only by \
+         a trailing slash; issuers are compared byte for byte (Auth0's end with '/'), so set \
+         the issuer to exactly the token's iss"
+    )]
+    IssuerMismatch {
+        /// The token's `iss`.
+        iss: String,
+        /// The provider it nearly matched.
+        provider: String,
+        /// That provider's issuer.
+        configured: String,
+    },
+    /// A required claim is absent or has the wrong type.
+    #[error("the token's {claim} claim is {problem}")]
+    MissingClaim {
+        /// The claim.
+        claim: &'static str,
+        /// "missing" or the type problem.
+        problem: String,
+    },
+    /// `exp` has passed.
+    #[error(
+        "the token expired at {} ({} s ago); sign in again or refresh it and rewrite the token \
+         file",
+        clock::format_aws_timestamp(*.expired_at),
+        .ago.as_secs()
+    )]
+    Expired {
+        /// The `exp` claim.
+        expired_at: SystemTime,
+        /// How long ago.
+        ago: Duration,
+    },
+    /// `nbf` or `iat` is in the future beyond the leeway.
+    #[error(
+        "the token is not valid before {} ({claim}); check the clocks of this host and the \
+         issuer",
+        clock::format_aws_timestamp(*.valid_from)
+    )]
+    NotYetValid {
+        /// `nbf` or `iat`.
+        claim: &'static str,
+        /// When it becomes valid.
+        valid_from: SystemTime,
+    },
+    /// Neither `aud` nor `azp` names an accepted client id.
+    #[error(
+        "the token was issued to {audience} which is not in providers.{provider}.audiences \
+         ({accepted})"
+    )]
+    AudienceMismatch {
+        /// What the token names.
+        audience: String,
+        /// Provider name.
+        provider: String,
+        /// Accepted audiences.
+        accepted: String,
+    },
+    /// No published key has the token's `kid`.
+    #[error(
+        "no key with kid {kid:?} in the JWKS of provider {provider}; if the issuer rotated its \
+         keys, credbroker refetches them at most every {} s",
+        .refetch_interval.as_secs()
+    )]
+    UnknownKeyId {
+        /// The `kid` header.
+        kid: String,
+        /// Provider name.
+        provider: String,
+        /// The refetch rate limit.
+        refetch_interval: Duration,
+    },
+    /// The signature does not verify.
+    #[error("the token's signature does not verify with provider {provider}'s key: {detail}")]
+    InvalidSignature {
+        /// Provider name.
+        provider: String,
+        /// Why.
+        detail: String,
+    },
+    /// The provider's keys have never been loaded.
+    #[error("provider {provider} is not available yet (its keys could not be loaded: {reason})")]
+    ProviderUnavailable {
+        /// Provider name.
+        provider: String,
+        /// The last load error.
+        reason: String,
+    },
+}
+
+fn symmetric_hint() -> &'static str {
+    "Shared-secret (HS*) tokens can only be verified by the issuer itself, and Cognito refuses \
+     them. In Auth0, switch the application's JWT signature algorithm to RS256 (Application → \
+     Settings → Advanced → OAuth), then sign in again"
+}
+
+impl TokenError {
+    /// The stable error code (the `Code` field of HTTP error bodies).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing => "MissingToken",
+            Self::TooLarge { .. } => "TokenTooLarge",
+            Self::Malformed(_) => "MalformedToken",
+            Self::Unsigned => "UnsignedToken",
+            Self::Symmetric { .. } => "SymmetricAlgorithm",
+            Self::AlgorithmNotAllowed { .. } => "AlgorithmNotAllowed",
+            Self::UnknownIssuer { .. } => "UnknownIssuer",
+            Self::IssuerMismatch { .. } => "IssuerMismatch",
+            Self::MissingClaim { .. } => "MissingClaim",
+            Self::Expired { .. } => "TokenExpired",
+            Self::NotYetValid { .. } => "TokenNotYetValid",
+            Self::AudienceMismatch { .. } => "AudienceMismatch",
+            Self::UnknownKeyId { .. } => "UnknownKeyId",
+            Self::InvalidSignature { .. } => "InvalidSignature",
+            Self::ProviderUnavailable { .. } => "ProviderUnavailable",
+        }
+    }
+
+    /// The metric label for this outcome.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::TooLarge { .. } => "too_large",
+            Self::Malformed(_) => "malformed",
+            Self::Unsigned => "unsigned",
+            Self::Symmetric { .. } => "symmetric_algorithm",
+            Self::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
+            Self::UnknownIssuer { .. } => "unknown_issuer",
+            Self::IssuerMismatch { .. } => "issuer_mismatch",
+            Self::MissingClaim { .. } => "missing_claim",
+            Self::Expired { .. } => "expired",
+            Self::NotYetValid { .. } => "not_yet_valid",
+            Self::AudienceMismatch { .. } => "audience_mismatch",
+            Self::UnknownKeyId { .. } => "unknown_kid",
+            Self::InvalidSignature { .. } => "invalid_signature",
+            Self::ProviderUnavailable { .. } => "provider_unavailable",
+        }
+    }
+}
+
+/// A trusted provider and its current keys.
+pub struct Provider {
+    /// Its configuration.
+    pub config: ProviderConfig,
+    keys: ArcSwapOption<KeySet>,
+    http: HttpsClient,
+    timeout: Duration,
+    refetch_interval: Duration,
+    /// Serializes fetches (single-flight).
+    fetch_lock: tokio::sync::Mutex<()>,
+    /// When the last fetch started (tokio time, so tests can pause it).
+    last_fetch: Mutex<Option<tokio::time::Instant>>,
+    last_error: Mutex<Option<String>>,
+    /// Incremented whenever a refetch withdraws a key id: verifications made before no longer
+    /// count (a withdrawn key may have been compromised).
+    withdrawals: AtomicU64,
+    metrics: Metrics,
+}
+
+struct KeySet {
+    jwks: CoreJsonWebKeySet,
+    kids: BTreeSet<String>,
+    jwks_uri: openidconnect::JsonWebKeySetUrl,
+}
+
+/// The outcome of asking for a refetch after an unknown `kid`.
+enum Refetch {
+    Done,
+    Suppressed,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.config.name)
+            .field("issuer", &self.config.issuer)
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl Provider {
+    fn new(
+        config: ProviderConfig,
+        tokens: &TokenConfig,
+        http: HttpsClient,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            config,
+            keys: ArcSwapOption::empty(),
+            http,
+            timeout: tokens.oidc_timeout,
+            refetch_interval: tokens.jwks_refetch_interval,
+            fetch_lock: tokio::sync::Mutex::new(()),
+            last_fetch: Mutex::new(None),
+            last_error: Mutex::new(Some("keys not loaded yet".to_owned())),
+            withdrawals: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// Whether the provider's keys have been loaded at least once.
+    pub fn is_ready(&self) -> bool {
+        self.keys.load().is_some()
+    }
+
+    /// The last load error, if the last load failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads (or reloads) discovery and keys now.
+    pub async fn load(&self) -> Result<(), String> {
+        let _guard = self.fetch_lock.lock().await;
+        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now());
+        self.fetch_locked().await
+    }
+
+    async fn fetch_locked(&self) -> Result<(), String> {
+        let result = self.fetch_keys().await;
+        let name = self.config.name.as_str();
+        match result {
+            Ok(new) => {
+                self.metrics
+                    .jwks_fetches
+                    .with_label_values(&[name, "ok"])
+                    .inc();
+                let old = self.keys.load_full();
+                if let Some(old) = &old
+                    && old.kids != new.kids
+                {
+                    self.metrics.jwks_rotations.with_label_values(&[name]).inc();
+                    if old.kids.difference(&new.kids).next().is_some() {
+                        self.withdrawals.fetch_add(1, Ordering::Release);
+                    }
+                    tracing::info!(
+                        provider = name,
+                        kids = ?new.kids,
+                        previous = ?old.kids,
+                        "provider key set changed"
+                    );
+                }
+                if old.is_none() {
+                    tracing::info!(provider = name, kids = ?new.kids, "provider keys loaded");
+                }
+                self.keys.store(Some(Arc::new(new)));
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .jwks_fetches
+                    .with_label_values(&[name, "error"])
+                    .inc();
+                tracing::warn!(provider = name, error = %e, "loading provider keys failed");
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<KeySet, String> {
+        let http = self.http.clone();
+        let timeout = self.timeout;
+        let client = move |request: openidconnect::HttpRequest| {
+            let http = http.clone();
+            async move { http::fetch(&http, request, timeout, MAX_DOCUMENT_BYTES).await }
+        };
+        let known_uri = self.keys.load().as_ref().map(|k| k.jwks_uri.clone());
+        let (jwks, jwks_uri) = match known_uri {
+            Some(uri) => {
+                let jwks = CoreJsonWebKeySet::fetch_async(&uri, &client)
+                    .await
+                    .map_err(|e| format!("fetching {} failed: {}", uri.as_str(), describe(&e)))?;
+                (jwks, uri)
+            }
+            None => {
+                let issuer = IssuerUrl::new(self.config.issuer.clone())
+                    .map_err(|e| format!("invalid issuer URL: {e}"))?;
+                let metadata = CoreProviderMetadata::discover_async(issuer, &client)
+                    .await
+                    .map_err(|e| {
+                        let text = describe(&e);
+                        if text.contains("unexpected issuer URI") {
+                            format!(
+                                "{text}; providers.{}.issuer must be exactly the issuer the \
+                                 discovery document names (Auth0's ends with '/')",
+                                self.config.name
+                            )
+                        } else {
+                            format!("OIDC discovery failed: {text}")
+                        }
+                    })?;
+                (metadata.jwks().clone(), metadata.jwks_uri().clone())
+            }
+        };
+        let kids = jwks
+            .keys()
+            .iter()
+            .filter_map(|k| k.key_id().map(|id| id.as_str().to_owned()))
+            .collect();
+        Ok(KeySet {
+            jwks,
+            kids,
+            jwks_uri,
+        })
+    }
+
+    /// Refetches keys after an unknown `kid`, at most once per `refetch_interval`.
+    async fn refetch_for_unknown_kid(&self, kid: &str) -> Refetch {
+        let guard = self.fetch_lock.lock().await;
+        // Another task may have refetched while we waited: if the kid is known now, done.
+        if self
+            .keys
+            .load()
+            .as_ref()
+            .is_some_and(|k| k.kids.contains(kid))
+        {
+            return Refetch::Done;
+        }
+        {
+            let mut last = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < self.refetch_interval) {
+                self.metrics
+                    .jwks_refetch_suppressed
+                    .with_label_values(&[self.config.name.as_str()])
+                    .inc();
+                return Refetch::Suppressed;
+            }
+            *last = Some(now);
+        }
+        tracing::debug!(provider = %self.config.name, kid, "unknown kid; refetching JWKS");
+        let _ = self.fetch_locked().await;
+        drop(guard);
+        Refetch::Done
+    }
+
+    fn algorithms_text(&self) -> String {
+        self.config
+            .algorithms
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn describe<E: std::error::Error + 'static>(e: &openidconnect::DiscoveryError<E>) -> String {
+    match e {
+        openidconnect::DiscoveryError::Response(status, _, msg) => {
+            format!("HTTP {status}: {msg}")
+        }
+        other => http::error_chain(other),
+    }
+}
+
+/// Validates ID tokens against the configured providers.
+pub struct Validator {
+    providers: Vec<Arc<Provider>>,
+    by_issuer: HashMap<String, Arc<Provider>>,
+    verified: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+    config: TokenConfig,
+    clock: SharedClock,
+    metrics: Metrics,
+}
+
+impl fmt::Debug for Validator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Validator")
+            .field("providers", &self.providers)
+            .finish()
+    }
+}
+
+struct TokenExpiry {
+    clock: SharedClock,
+    leeway: Duration,
+}
+
+impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for TokenExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<VerifiedToken>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(clock::saturating_sub(value.expires_at, self.clock.now()) + self.leeway)
+    }
+}
+
+/// The parts of a compact JWS this module reads.
+struct Parsed<'a> {
+    alg: String,
+    kid: Option<String>,
+    claims: serde_json::Map<String, Value>,
+    signing_input: &'a str,
+    signature: Vec<u8>,
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+fn parse(raw: &str) -> Result<Parsed<'_>, TokenError> {
+    let segments: Vec<&str> = raw.split('.').collect();
+    if segments.len() == 5 {
+        return Err(TokenError::Malformed(
+            "it is an encrypted JWT (JWE); configure the provider to sign ID tokens without \
+             encrypting them"
+                .to_owned(),
+        ));
+    }
+    if segments.len() != 3 {
+        return Err(TokenError::Malformed(
+            "expected three base64url segments separated by '.' (header.payload.signature)"
+                .to_owned(),
+        ));
+    }
+    let decode_json =
+        |part: &str, what: &str| -> Result<serde_json::Map<String, Value>, TokenError> {
+            let bytes = B64
+                .decode(part)
+                .map_err(|_| TokenError::Malformed(format!("the {what} is not base64url")))?;
+            match serde_json::from_slice(&bytes) {
+                Ok(Value::Object(map)) => Ok(map),
+                _ => Err(TokenError::Malformed(format!(
+                    "the {what} is not a JSON object"
+                ))),
+            }
+        };
+    let header = decode_json(segments[0], "header")?;
+    let claims = decode_json(segments[1], "payload")?;
+    let signature = B64
+        .decode(segments[2])
+        .map_err(|_| TokenError::Malformed("the signature is not base64url".to_owned()))?;
+    let alg = match header.get("alg") {
+        Some(Value::String(a)) => a.clone(),
+        _ => {
+            return Err(TokenError::Malformed(
+                "the header has no \"alg\"".to_owned(),
+            ));
+        }
+    };
+    let kid = match header.get("kid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(TokenError::Malformed("\"kid\" is not a string".to_owned())),
+    };
+    if header.contains_key("crit") {
+        return Err(TokenError::Malformed(
+            "critical header parameters (\"crit\") are not supported".to_owned(),
+        ));
+    }
+    let signing_input_len = segments[0].len() + 1 + segments[1].len();
+    Ok(Parsed {
+        alg,
+        kid,
+        claims,
+        signing_input: &raw[..signing_input_len],
+        signature,
+    })
+}
+
+fn string_claim(
+    claims: &serde_json::Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<String>, TokenError> {
+    match claims.get(claim) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(TokenError::MissingClaim {
+            claim,
+            problem: "not a string".to_owned(),
+        }),
+    }
+}
+
+fn time_claim(
+    claims: &serde_json::Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<SystemTime>, TokenError> {
+    match claims.get(claim) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let secs = n.as_f64().unwrap_or(f64::NAN);
+            if !secs.is_finite() || !(0.0..=1e11).contains(&secs) {
+                return Err(TokenError::MissingClaim {
+                    claim,
+                    problem: format!("out of range ({n})"),
+                });
+            }
+            Ok(Some(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)))
+        }
+        Some(_) => Err(TokenError::MissingClaim {
+            claim,
+            problem: "not a number of seconds since the epoch".to_owned(),
+        }),
+    }
+}
+
+fn core_alg(alg: Algorithm) -> CoreJwsSigningAlgorithm {
+    match alg {
+        Algorithm::Rs256 => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        Algorithm::Rs384 => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+        Algorithm::Rs512 => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+        Algorithm::Ps256 => CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+        Algorithm::Es256 => CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+        Algorithm::Es384 => CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    }
+}
+
+impl Validator {
+    /// Creates a validator for `providers`. Keys are not loaded until [`Validator::load_all`].
+    pub fn new(
+        providers: &[ProviderConfig],
+        tokens: &TokenConfig,
+        http: HttpsClient,
+        clock: SharedClock,
+        metrics: Metrics,
+    ) -> Self {
+        let providers: Vec<Arc<Provider>> = providers
+            .iter()
+            .map(|p| {
+                Arc::new(Provider::new(
+                    p.clone(),
+                    tokens,
+                    http.clone(),
+                    metrics.clone(),
+                ))
+            })
+            .collect();
+        let by_issuer = providers
+            .iter()
+            .map(|p| (p.config.issuer.clone(), p.clone()))
+            .collect();
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(tokens.verified_cache_capacity)
+            .expire_after(TokenExpiry {
+                clock: clock.clone(),
+                leeway: tokens.leeway,
+            })
+            .build();
+        Self {
+            providers,
+            by_issuer,
+            verified,
+            config: tokens.clone(),
+            clock,
+            metrics,
+        }
+    }
+
+    /// The configured providers.
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
+    }
+
+    /// Loads every provider's discovery document and keys, concurrently. Failures are logged
+    /// and retried by [`Validator::maintain`]; they do not fail start-up.
+    pub async fn load_all(&self) {
+        futures_util::future::join_all(self.providers.iter().map(|p| p.load())).await;
+    }
+
+    /// Keeps keys fresh until `shutdown`: retries providers that never loaded (backoff up to a
+    /// minute) and refreshes loaded ones every `tokens.jwks_refresh_interval`.
+    pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        let tasks = self.providers.iter().cloned().map(|provider| {
+            let shutdown = shutdown.clone();
+            let refresh = self.config.jwks_refresh_interval;
+            async move {
+                let mut backoff = Duration::from_secs(1);
+                loop {
+                    let wait = if provider.is_ready() {
+                        refresh
+                    } else {
+                        backoff
+                    };
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    if provider.load().await.is_err() && !provider.is_ready() {
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    } else {
+                        backoff = Duration::from_secs(1);
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(tasks).await;
+    }
+
+    /// Validates a raw ID token. See the module docs for the rules.
+    pub async fn validate(&self, raw: &str) -> Result<Arc<VerifiedToken>, TokenError> {
+        if raw.is_empty() {
+            return Err(self.count_failure(None, TokenError::Missing));
+        }
+        if raw.len() > self.config.max_token_bytes {
+            return Err(self.count_failure(
+                None,
+                TokenError::TooLarge {
+                    len: raw.len(),
+                    max: self.config.max_token_bytes,
+                },
+            ));
+        }
+        let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
+        let now = self.clock.now();
+        if let Some(token) = self
+            .verified
+            .get(&digest)
+            .filter(|t| t.generation == t.provider.withdrawals.load(Ordering::Acquire))
+        {
+            if now < token.expires_at + self.config.leeway {
+                self.metrics.token_cached(&token.provider.config.name);
+                return Ok(token);
+            }
+            self.verified.invalidate(&digest);
+            let provider = token.provider.config.name.clone();
+            return Err(self.count_failure(
+                Some(&provider),
+                TokenError::Expired {
+                    expired_at: token.expires_at,
+                    ago: clock::saturating_sub(now, token.expires_at),
+                },
+            ));
+        }
+        let mut provider_name = None;
+        let result = self
+            .validate_uncached(raw, digest, now, &mut provider_name)
+            .await;
+        match result {
+            Ok(token) => {
+                self.metrics
+                    .token_validations
+                    .with_label_values(&[token.provider.config.name.as_str(), "ok"])
+                    .inc();
+                self.verified.insert(digest, token.clone());
+                Ok(token)
+            }
+            Err(e) => Err(self.count_failure(provider_name.as_deref(), e)),
+        }
+    }
+
+    fn count_failure(&self, provider: Option<&str>, e: TokenError) -> TokenError {
+        self.metrics
+            .token_validations
+            .with_label_values(&[provider.unwrap_or("unknown"), e.label()])
+            .inc();
+        e
+    }
+
+    async fn validate_uncached(
+        &self,
+        raw: &str,
+        digest: [u8; 32],
+        now: SystemTime,
+        provider_name: &mut Option<String>,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        let parsed = parse(raw)?;
+        if parsed.alg.eq_ignore_ascii_case("none") {
+            return Err(TokenError::Unsigned);
+        }
+        if parsed.alg.to_ascii_uppercase().starts_with("HS") {
+            return Err(TokenError::Symmetric {
+                alg: parsed.alg.clone(),
+            });
+        }
+        let iss = string_claim(&parsed.claims, "iss")?.ok_or(TokenError::MissingClaim {
+            claim: "iss",
+            problem: "missing".to_owned(),
+        })?;
+        let provider = self.provider_for(&iss)?;
+        *provider_name = Some(provider.config.name.clone());
+        let alg = Algorithm::from_jose(&parsed.alg)
+            .filter(|a| provider.config.algorithms.contains(a))
+            .ok_or_else(|| {
+                if Algorithm::from_jose(&parsed.alg).is_none() {
+                    TokenError::Malformed(algorithm_refusal(&parsed.alg))
+                } else {
+                    TokenError::AlgorithmNotAllowed {
+                        alg: parsed.alg.clone(),
+                        provider: provider.config.name.clone(),
+                        allowed: provider.algorithms_text(),
+                    }
+                }
+            })?;
+
+        let missing = |claim| TokenError::MissingClaim {
+            claim,
+            problem: "missing".to_owned(),
+        };
+        let exp = time_claim(&parsed.claims, "exp")?.ok_or_else(|| missing("exp"))?;
+        let leeway = self.config.leeway;
+        if now >= exp + leeway {
+            return Err(TokenError::Expired {
+                expired_at: exp,
+                ago: clock::saturating_sub(now, exp),
+            });
+        }
+        for claim in ["nbf", "iat"] {
+            if let Some(t) = time_claim(&parsed.claims, claim)?
+                && t > now + leeway
+            {
+                return Err(TokenError::NotYetValid {
+                    claim,
+                    valid_from: t,
+                });
+            }
+        }
+        let subject = string_claim(&parsed.claims, "sub")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| missing("sub"))?;
+        self.check_audience(&provider, &parsed.claims)?;
+        let generation = provider.withdrawals.load(Ordering::Acquire);
+        self.check_signature(&provider, &parsed, alg).await?;
+
+        Ok(Arc::new(VerifiedToken {
+            provider,
+            subject: subject.into(),
+            expires_at: exp,
+            raw: SecretString::from(raw),
+            digest,
+            generation,
+        }))
+    }
+
+    fn provider_for(&self, iss: &str) -> Result<Arc<Provider>, TokenError> {
+        if let Some(p) = self.by_issuer.get(iss) {
+            return Ok(p.clone());
+        }
+        let trimmed = iss.trim_end_matches('/');
+        if let Some(p) = self
+            .providers
+            .iter()
+            .find(|p| p.config.issuer.trim_end_matches('/') == trimmed)
+        {
+            return Err(TokenError::IssuerMismatch {
+                iss: iss.to_owned(),
+                provider: p.config.name.clone(),
+                configured: p.config.issuer.clone(),
+            });
+        }
+        Err(TokenError::UnknownIssuer {
+            iss: iss.to_owned(),
+            configured: self
+                .providers
+                .iter()
+                .map(|p| format!("{:?}", p.config.issuer))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    fn check_audience(
+        &self,
+        provider: &Provider,
+        claims: &serde_json::Map<String, Value>,
+    ) -> Result<(), TokenError> {
+        let accepted = &provider.config.audiences;
+        let audiences: Vec<String> = match claims.get("aud") {
+            Some(Value::String(a)) => vec![a.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) => {
+                return Err(TokenError::MissingClaim {
+                    claim: "aud",
+                    problem: "not a string or a list of strings".to_owned(),
+                });
+            }
+        };
+        let azp = string_claim(claims, "azp")?;
+        let ok = match &azp {
+            Some(azp) => accepted.contains(azp),
+            None => audiences.iter().any(|a| accepted.contains(a)),
+        };
+        if ok {
+            return Ok(());
+        }
+        if audiences.is_empty() && azp.is_none() {
+            return Err(TokenError::MissingClaim {
+                claim: "aud",
+                problem: "missing".to_owned(),
+            });
+        }
+        let audience = match azp {
+            Some(azp) => format!("azp {azp:?}"),
+            None => format!("aud {audiences:?}"),
+        };
+        Err(TokenError::AudienceMismatch {
+            audience,
+            provider: provider.config.name.clone(),
+            accepted: format!("{accepted:?}"),
+        })
+    }
+
+    async fn check_signature(
+        &self,
+        provider: &Provider,
+        parsed: &Parsed<'_>,
+        alg: Algorithm,
+    ) -> Result<(), TokenError> {
+        let unavailable = || TokenError::ProviderUnavailable {
+            provider: provider.config.name.clone(),
+            reason: provider
+                .last_error()
+                .unwrap_or_else(|| "keys not loaded yet".to_owned()),
+        };
+        let mut keys = provider.keys.load_full().ok_or_else(unavailable)?;
+        if let Some(kid) = &parsed.kid
+            && !keys.kids.contains(kid)
+        {
+            match provider.refetch_for_unknown_kid(kid).await {
+                Refetch::Done => keys = provider.keys.load_full().ok_or_else(unavailable)?,
+                Refetch::Suppressed => {}
+            }
+            if !keys.kids.contains(kid) {
+                return Err(TokenError::UnknownKeyId {
+                    kid: kid.clone(),
+                    provider: provider.config.name.clone(),
+                    refetch_interval: provider.refetch_interval,
+                });
+            }
+        }
+        let core = core_alg(alg);
+        let mut detail = format!("no published key can verify {}", alg.as_str());
+        for key in keys.jwks.keys() {
+            if let Some(kid) = &parsed.kid
+                && key.key_id().map(|k| k.as_str()) != Some(kid.as_str())
+            {
+                continue;
+            }
+            match key.verify_signature(&core, parsed.signing_input.as_bytes(), &parsed.signature) {
+                Ok(()) => return Ok(()),
+                Err(SignatureVerificationError::InvalidKey(_)) => {}
+                Err(SignatureVerificationError::CryptoError(_)) => {
+                    detail = "the signature does not match (the token was altered or signed by \
+                              another key)"
+                        .to_owned();
+                }
+                Err(other) => detail = other.to_string(),
+            }
+        }
+        Err(TokenError::InvalidSignature {
+            provider: provider.config.name.clone(),
+            detail,
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! The container-credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+//!
+//! Owns: `GET /v1/credentials`.
+//!
+//! Promises:
+//! - the caller authenticates with `Authorization: <ID token>` exactly as AWS SDKs send the
+//!   contents of `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` (a `Bearer ` prefix is also accepted);
+//! - 200 body exactly `{"AccessKeyId","SecretAccessKey","Token","Expiration"}` (+ `AccountId`
+//!   when configured), `Expiration` as `YYYY-MM-DDTHH:MM:SSZ`;
+//! - every error is non-200 `{"Code","Message"}`: 400 malformed request, 401 token problems
+//!   (Code names which), 403 Cognito refused the login, 429 local limit, 503 upstream
+//!   unavailable with `Retry-After`;
+//! - requests that carry `X-Forwarded-For` or `Forwarded` are refused (400): they came through a
+//!   proxy, and credentials are for local callers only (SSRF through a local proxy);
+//! - a cached answer does no I/O and no signature check.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+
+use super::{client_error, error_response};
+use crate::broker::{Broker, BrokerError};
+use crate::metrics::Surface;
+
+/// The path SDKs are pointed at.
+pub const CREDENTIALS_PATH: &str = "/v1/credentials";
+
+#[derive(Clone)]
+struct AppState {
+    broker: Arc<Broker>,
+    request_timeout: Duration,
+}
+
+/// The router of the main listener.
+pub fn router(broker: Arc<Broker>, request_timeout: Duration) -> Router {
+    Router::new()
+        .route(CREDENTIALS_PATH, any(credentials))
+        .fallback(not_found)
+        .with_state(AppState {
+            broker,
+            request_timeout,
+        })
+}
+
+async fn not_found() -> Response {
+    client_error(
+        404,
+        "NotFound",
+        format!("no such endpoint; credentials are served at GET {CREDENTIALS_PATH}"),
+    )
+}
+
+/// Refuses requests relayed by a proxy.
+pub fn forwarded_refusal(headers: &HeaderMap) -> Option<Response> {
+    for name in ["x-forwarded-for", "forwarded"] {
+        if headers.contains_key(name) {
+            return Some(client_error(
+                400,
+                "ForwardedRequest",
+                format!(
+                    "the request carries a {name} header, so it was relayed by a proxy; \
+                     credbroker serves credentials only to local callers"
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// The `Authorization` header is not visible ASCII.
+#[derive(Debug, Clone, Copy)]
+pub struct NotAscii;
+
+impl NotAscii {
+    /// The 400 answer.
+    pub fn response(self) -> Response {
+        client_error(
+            400,
+            "MalformedRequest",
+            "the Authorization header is not visible ASCII",
+        )
+    }
+}
+
+/// The caller's token from `Authorization` (raw, or after `Bearer `); empty when absent.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, NotAscii> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok("");
+    };
+    let text = value.to_str().map_err(|_| NotAscii)?;
+    let text = text.trim();
+    let token = match text.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("bearer ") => text[7..].trim_start(),
+        _ => text,
+    };
+    Ok(token)
+}
+
+async fn credentials(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let response = answer(&state, &method, &headers).await;
+    let metrics = &state.broker.metrics;
+    if response.status() == StatusCode::OK {
+        metrics.hot.container_ok.inc();
+    } else {
+        metrics
+            .requests
+            .with_label_values(&[Surface::Container.as_str(), response.status().as_str()])
+            .inc();
+    }
+    metrics
+        .hot
+        .container_latency
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer(state: &AppState, method: &Method, headers: &HeaderMap) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = client_error(405, "MethodNotAllowed", "use GET");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return r;
+    }
+    if let Some(refusal) = forwarded_refusal(headers) {
+        return refusal;
+    }
+    let token = match bearer_token(headers) {
+        Ok(t) => t,
+        Err(e) => return e.response(),
+    };
+    let work = state.broker.credentials(token, Surface::Container);
+    let result = match tokio::time::timeout(state.request_timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(BrokerError::Timeout),
+    };
+    match result {
+        Ok(issued) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            issued.container_body(),
+        )
+            .into_response(),
+        Err(e) => {
+            let reply = e.reply();
+            tracing::debug!(
+                code = reply.code,
+                status = reply.status,
+                "credentials refused"
+            );
+            error_response(&reply)
+        }
+    }
+}

@@ -245,6 +245,9 @@ pub struct LogConfig {
     pub level: String,
     /// Text or JSON lines.
     pub format: LogFormat,
+    /// Let dependencies log at debug/trace. Their output can contain tokens and session
+    /// tokens, so this is off by default; turn it on only to debug the dependencies themselves.
+    pub unsafe_dependency_logs: bool,
 }
 
 /// Log line format.
@@ -903,7 +906,12 @@ fn build_log(s: &Section<'_>) -> Option<LogConfig> {
             LogFormat::Text
         }
     };
-    Some(LogConfig { level, format })
+    let unsafe_dependency_logs = s.bool_or("unsafe_dependency_logs", false);
+    Some(LogConfig {
+        level,
+        format,
+        unsafe_dependency_logs,
+    })
 }
 
 /// Parses `90s`, `20m`, `1h30m`, `500ms`, `2d`, or a bare number of seconds.

@@ -65,6 +65,7 @@ fn main() -> ExitCode {
             let log = config::LogConfig {
                 level: "warn,credbroker=info,credbroker::audit=warn".to_owned(),
                 format: config::LogFormat::Text,
+                unsafe_dependency_logs: false,
             };
             let _ = telemetry::init(&log, rust_log.as_deref());
             let exe = std::env::current_exe().unwrap_or_else(|_| "credbroker".into());

@@ -1,0 +1,241 @@
+//! Every bad-token class gets 401 with its own code, and the broker keeps serving.
+
+use std::time::{Duration, SystemTime};
+
+use credbroker::emulator::oidc::{SigningAlg, TokenSpec};
+
+use crate::support::{Harness, Tweaks};
+
+fn spec(sub: &str) -> TokenSpec {
+    TokenSpec::for_subject(sub)
+}
+
+#[tokio::test]
+async fn every_bad_token_class_has_its_own_code_and_the_broker_keeps_serving() {
+    let h = Harness::start().await;
+    let now = SystemTime::now();
+    let issuer_no_slash = h.issuer.issuer().trim_end_matches('/').to_owned();
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("missing", String::new(), "MissingToken"),
+        ("garbage", "not-a-jwt".to_owned(), "MalformedToken"),
+        ("garbage segments", "a.b.c".to_owned(), "MalformedToken"),
+        (
+            "oversized",
+            format!("{}.e30.sig", "a".repeat(9000)),
+            "TokenTooLarge",
+        ),
+        (
+            "expired",
+            h.issuer.mint(&TokenSpec {
+                issued_at: Some(now - Duration::from_secs(7200)),
+                lifetime: Some(Duration::from_secs(3600)),
+                ..spec("auth0|expired")
+            }),
+            "TokenExpired",
+        ),
+        (
+            "not yet valid",
+            h.issuer.mint(&TokenSpec {
+                not_before: Some(now + Duration::from_secs(3600)),
+                ..spec("auth0|nbf")
+            }),
+            "TokenNotYetValid",
+        ),
+        (
+            "issued in the future",
+            h.issuer.mint(&TokenSpec {
+                issued_at: Some(now + Duration::from_secs(3600)),
+                ..spec("auth0|iat")
+            }),
+            "TokenNotYetValid",
+        ),
+        (
+            "wrong issuer",
+            h.issuer.mint(&TokenSpec {
+                issuer: Some("https://evil.example.com/".into()),
+                ..spec("auth0|iss")
+            }),
+            "UnknownIssuer",
+        ),
+        (
+            "issuer slash mismatch",
+            h.issuer.mint(&TokenSpec {
+                issuer: Some(issuer_no_slash),
+                ..spec("auth0|slash")
+            }),
+            "IssuerMismatch",
+        ),
+        (
+            "wrong audience",
+            h.issuer.mint(&TokenSpec {
+                audience: vec!["someone-else".into()],
+                ..spec("auth0|aud")
+            }),
+            "AudienceMismatch",
+        ),
+        (
+            "foreign azp",
+            h.issuer.mint(&TokenSpec {
+                azp: Some("someone-else".into()),
+                ..spec("auth0|azp")
+            }),
+            "AudienceMismatch",
+        ),
+        (
+            "unknown kid",
+            h.issuer.mint(&TokenSpec {
+                kid: Some("no-such-key".into()),
+                ..spec("auth0|kid")
+            }),
+            "UnknownKeyId",
+        ),
+        (
+            "wrong key",
+            h.issuer.mint(&TokenSpec {
+                alg: SigningAlg::Rs256Unpublished,
+                ..spec("auth0|wrongkey")
+            }),
+            "InvalidSignature",
+        ),
+        (
+            "tampered",
+            h.issuer.mint(&TokenSpec {
+                tamper_payload: true,
+                ..spec("auth0|tampered")
+            }),
+            "InvalidSignature",
+        ),
+        (
+            "HS256",
+            h.issuer.mint(&TokenSpec {
+                alg: SigningAlg::Hs256 {
+                    secret: b"client-secret".to_vec(),
+                },
+                ..spec("auth0|hs256")
+            }),
+            "SymmetricAlgorithm",
+        ),
+        (
+            "HS256 keyed with the public key",
+            h.issuer.mint(&TokenSpec {
+                alg: SigningAlg::Hs256WithPublicKey,
+                ..spec("auth0|confusion")
+            }),
+            "SymmetricAlgorithm",
+        ),
+        (
+            "alg none",
+            h.issuer.mint(&TokenSpec {
+                alg: SigningAlg::None,
+                ..spec("auth0|none")
+            }),
+            "UnsignedToken",
+        ),
+        (
+            "ES256 not allowed by this provider",
+            h.issuer.mint(&TokenSpec {
+                alg: SigningAlg::Es256,
+                ..spec("auth0|es256")
+            }),
+            "AlgorithmNotAllowed",
+        ),
+        (
+            "no exp",
+            h.issuer.mint(&TokenSpec {
+                omit_exp: true,
+                ..spec("auth0|noexp")
+            }),
+            "MissingClaim",
+        ),
+        (
+            "no sub",
+            h.issuer.mint(&TokenSpec {
+                omit_sub: true,
+                ..spec("auth0|nosub")
+            }),
+            "MissingClaim",
+        ),
+    ];
+
+    for (name, token, code) in &cases {
+        let reply = h.get(token).await;
+        assert_eq!(reply.status, 401, "{name}: {}", reply.text());
+        assert_eq!(reply.code(), *code, "{name}: {}", reply.text());
+        let message = reply.json()["Message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!message.is_empty(), "{name} has a message");
+        assert!(
+            token.len() < 40 || !message.contains(token.as_str()),
+            "{name}: the message must not echo the token"
+        );
+    }
+
+    // The actionable messages the issue asks for.
+    let hs = h
+        .get(&cases.iter().find(|c| c.0 == "HS256").expect("case").1)
+        .await;
+    assert!(
+        hs.text()
+            .contains("switch the application's JWT signature algorithm to RS256"),
+        "{}",
+        hs.text()
+    );
+    let slash = h
+        .get(
+            &cases
+                .iter()
+                .find(|c| c.0 == "issuer slash mismatch")
+                .expect("case")
+                .1,
+        )
+        .await;
+    assert!(slash.text().contains("trailing slash"), "{}", slash.text());
+
+    // Nothing reached Cognito, and good callers are still served.
+    assert_eq!(h.get_id_calls(), 0, "bad tokens never reach Cognito");
+    let ok = h.get(&h.issuer.token_for("auth0|good")).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn es256_tokens_pass_when_allowed_but_cognito_refuses_them_with_a_clear_error() {
+    let h = Harness::with(Tweaks {
+        provider: "algorithms = [\"RS256\", \"ES256\"]".into(),
+        ..Tweaks::default()
+    })
+    .await;
+    let token = h.issuer.mint(&TokenSpec {
+        alg: SigningAlg::Es256,
+        ..TokenSpec::for_subject("auth0|ec")
+    });
+    let reply = h.get(&token).await;
+    // credbroker accepts the signature; the (emulated) Cognito, like the real one, wants RS256.
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.code(), "LoginRejected");
+    assert_eq!(h.get_id_calls(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_verified_token_is_not_verified_again() {
+    let h = Harness::start().await;
+    let token = h.issuer.token_for("auth0|cached");
+    for _ in 0..5 {
+        assert_eq!(h.get(&token).await.status, 200);
+    }
+    let metrics = h.running().broker.metrics.render();
+    assert!(
+        metrics.contains("credbroker_token_validations_total{outcome=\"ok\",provider=\"test\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("credbroker_token_validations_total{outcome=\"cached\",provider=\"test\"} 4"),
+        "{metrics}"
+    );
+    h.stop().await;
+}

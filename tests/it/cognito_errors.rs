@@ -1,0 +1,222 @@
+//! Each Cognito error type reaches the caller as its own status and code; throttling is
+//! retried with backoff; failures are remembered instead of hammering Cognito.
+
+use credbroker::emulator::cognito::{ErrorType, Operation};
+
+use crate::single_flight::metric;
+use crate::support::{Harness, Tweaks};
+
+fn fast_retries() -> Tweaks {
+    Tweaks {
+        cognito: "backoff_base = \"5ms\"\nbackoff_max = \"20ms\"\nmax_attempts = 3".into(),
+        ..Tweaks::default()
+    }
+}
+
+#[tokio::test]
+async fn every_cognito_error_type_maps_to_a_status_and_code() {
+    let h = Harness::with(fast_retries()).await;
+    let cases = [
+        (
+            Operation::GetId,
+            ErrorType::NotAuthorized,
+            1,
+            403,
+            "LoginRejected",
+        ),
+        (
+            Operation::GetId,
+            ErrorType::ResourceNotFound,
+            1,
+            403,
+            "ResourceNotFound",
+        ),
+        (
+            Operation::GetId,
+            ErrorType::InvalidParameter,
+            1,
+            403,
+            "InvalidParameter",
+        ),
+        (
+            Operation::GetId,
+            ErrorType::LimitExceeded,
+            1,
+            403,
+            "LimitExceeded",
+        ),
+        (
+            Operation::GetId,
+            ErrorType::ResourceConflict,
+            1,
+            403,
+            "ResourceConflict",
+        ),
+        (
+            Operation::GetCredentialsForIdentity,
+            ErrorType::InvalidIdentityPoolConfiguration,
+            1,
+            403,
+            "IdentityPoolMisconfigured",
+        ),
+        (
+            Operation::GetId,
+            ErrorType::TooManyRequests,
+            3,
+            503,
+            "UpstreamThrottled",
+        ),
+        (
+            Operation::GetId,
+            ErrorType::InternalError,
+            3,
+            503,
+            "UpstreamUnavailable",
+        ),
+        (
+            Operation::GetCredentialsForIdentity,
+            ErrorType::ExternalService,
+            3,
+            503,
+            "UpstreamUnavailable",
+        ),
+        (
+            Operation::GetId,
+            ErrorType::ServiceUnavailable,
+            3,
+            503,
+            "UpstreamUnavailable",
+        ),
+    ];
+    for (i, (op, error, count, status, code)) in cases.into_iter().enumerate() {
+        h.cognito.faults().clear();
+        h.cognito.faults().fail_next(op, error, count);
+        let reply = h.get(&h.issuer.token_for(&format!("auth0|err-{i}"))).await;
+        assert_eq!(reply.status, status, "{error:?}: {}", reply.text());
+        assert_eq!(reply.code(), code, "{error:?}: {}", reply.text());
+        if status == 503 {
+            let retry: u64 = reply.headers["retry-after"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("seconds");
+            assert!(retry >= 1, "{error:?}");
+        } else {
+            assert!(!reply.headers.contains_key("retry-after"), "{error:?}");
+        }
+    }
+    // The pool misconfiguration message names the fix.
+    h.cognito.faults().clear();
+    h.cognito.faults().fail_next(
+        Operation::GetCredentialsForIdentity,
+        ErrorType::InvalidIdentityPoolConfiguration,
+        1,
+    );
+    let reply = h.get(&h.issuer.token_for("auth0|fix")).await;
+    assert!(
+        reply.text().contains("AssumeRoleWithWebIdentity"),
+        "{}",
+        reply.text()
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn throttling_is_retried_with_backoff_until_it_passes() {
+    let h = Harness::with(fast_retries()).await;
+    h.cognito
+        .faults()
+        .fail_next(Operation::GetId, ErrorType::TooManyRequests, 2);
+    let reply = h.get(&h.issuer.token_for("auth0|throttled")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let stats = h.cognito.stats();
+    assert_eq!(
+        stats.get_id.calls, 3,
+        "two throttled attempts, then success"
+    );
+    assert_eq!(stats.get_id.ok, 1);
+    let metrics = h.running().broker.metrics.render();
+    assert_eq!(
+        metric(
+            &metrics,
+            "credbroker_cognito_retries_total{operation=\"GetId\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "credbroker_cognito_calls_total{operation=\"GetId\",outcome=\"throttled\"}"
+        ),
+        2.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_token_is_remembered_and_an_outage_is_not_hammered() {
+    let h = Harness::with(fast_retries()).await;
+    // Terminal refusal: the same token is answered from memory; another user is unaffected.
+    h.cognito
+        .faults()
+        .fail_next(Operation::GetId, ErrorType::NotAuthorized, 1);
+    let token = h.issuer.token_for("auth0|refused");
+    assert_eq!(h.get(&token).await.status, 403);
+    for _ in 0..20 {
+        let again = h.get(&token).await;
+        assert_eq!(
+            (again.status, again.code().as_str()),
+            (403, "LoginRejected")
+        );
+    }
+    assert_eq!(h.get_id_calls(), 1, "the refusal was remembered");
+    assert_eq!(h.get(&h.issuer.token_for("auth0|other")).await.status, 200);
+
+    // Outage: the first caller's exchange retries, later callers get 503 from memory.
+    h.cognito.faults().set_outage(true);
+    let down = h.issuer.token_for("auth0|during-outage");
+    let before = h.get_id_calls();
+    assert_eq!(h.get(&down).await.status, 503);
+    let after_first = h.get_id_calls();
+    assert_eq!(after_first - before, 3, "max_attempts attempts");
+    for _ in 0..20 {
+        assert_eq!(h.get(&down).await.status, 503);
+    }
+    assert_eq!(
+        h.get_id_calls(),
+        after_first,
+        "no further calls during the backoff"
+    );
+    // Cached identities keep being served during the outage.
+    assert_eq!(h.get(&h.issuer.token_for("auth0|other")).await.status, 200);
+    h.cognito.faults().set_outage(false);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_waiting_callers_get_429() {
+    let h = Harness::with(Tweaks {
+        server: "max_pending_exchanges = 2".into(),
+        ..Tweaks::default()
+    })
+    .await;
+    h.cognito
+        .faults()
+        .set_latency(std::time::Duration::from_millis(300));
+    let tokens: Vec<String> = (0..6)
+        .map(|i| h.issuer.token_for(&format!("auth0|busy-{i}")))
+        .collect();
+    let replies = futures_util::future::join_all(tokens.iter().map(|t| h.get(t))).await;
+    let busy = replies.iter().filter(|r| r.status == 429).count();
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 2, "two were allowed to wait");
+    assert_eq!(busy, 4);
+    assert!(
+        replies
+            .iter()
+            .filter(|r| r.status == 429)
+            .all(|r| r.code() == "TooManyRequests" && r.headers.contains_key("retry-after"))
+    );
+    h.stop().await;
+}

@@ -1,0 +1,142 @@
+//! The binary, run at trace level, never logs a token, secret key or session token.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt as _;
+
+use credbroker::emulator::oidc::{SigningAlg, TokenSpec};
+
+use crate::support::{Harness, Tweaks, config_toml, request, tempdir};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_contain_no_secrets_and_one_audit_line_per_issuance() {
+    // Emulators in this process; the broker as the real binary, logging at trace.
+    let h = Harness::start().await;
+    let dir = tempdir();
+    let config = dir.join("credbroker.toml");
+    std::fs::write(
+        &config,
+        config_toml(&h.issuer, &h.cognito, &Tweaks::default()),
+    )
+    .expect("write");
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_credbroker"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn credbroker");
+    let logs = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().expect("stderr");
+    let sink = logs.clone();
+    let reader = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut l = sink.lock().expect("lock");
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+
+    // Wait for "credbroker is serving listen=127.0.0.1:PORT".
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(addr) = logs
+                .lock()
+                .expect("lock")
+                .lines()
+                .find(|l| l.contains("credbroker is serving"))
+                .and_then(|l| l.split("listen=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+            {
+                return addr;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the broker starts");
+    let url = format!("http://{addr}/v1/credentials");
+
+    let alice = h.issuer.token_for("auth0|alice");
+    let bob = h.issuer.token_for("auth0|bob");
+    let hs = h.issuer.mint(&TokenSpec {
+        alg: SigningAlg::Hs256 {
+            secret: b"s3cr3t-client-secret".to_vec(),
+        },
+        ..TokenSpec::for_subject("auth0|mallory")
+    });
+    let mut secrets = vec![alice.clone(), bob.clone(), hs.clone()];
+    for token in [&alice, &alice, &bob, &hs, &alice] {
+        let reply = request(&h.http, "GET", &url, &[("authorization", token)]).await;
+        if reply.status == 200 {
+            let body = reply.json();
+            secrets.push(body["SecretAccessKey"].as_str().expect("secret").to_owned());
+            secrets.push(body["Token"].as_str().expect("token").to_owned());
+        }
+    }
+    // A token's signature alone must not appear either.
+    let signatures: Vec<String> = secrets[..3]
+        .iter()
+        .filter_map(|t| t.rsplit('.').next().map(str::to_owned))
+        .collect();
+    secrets.extend(signatures);
+
+    // Graceful stop with SIGTERM.
+    let pid = child.id().expect("pid");
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    assert!(exit.success(), "exit status {exit:?}");
+    reader.await.expect("reader");
+
+    let logs = logs.lock().expect("lock").clone();
+    assert!(
+        logs.contains("DEBUG credbroker::identity: credentials obtained")
+            && logs.contains("DEBUG credbroker::server::container: credentials refused"),
+        "verbose logging is on:\n{logs}"
+    );
+    for secret in &secrets {
+        assert!(secret.len() >= 20);
+        if let Some(line) = logs.lines().find(|l| l.contains(secret.as_str())) {
+            let at = line.find(secret.as_str()).unwrap_or(0);
+            let safe: String = line
+                .replace(secret.as_str(), "<SECRET>")
+                .chars()
+                .take(400)
+                .collect();
+            panic!("a secret leaked into the logs at byte {at}: {safe}");
+        }
+    }
+    assert!(!logs.contains("s3cr3t-client-secret"));
+    let audit: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("credbroker::audit") && l.contains("credentials issued"))
+        .collect();
+    assert_eq!(
+        audit.len(),
+        2,
+        "one audit line per issued set (alice, bob):\n{}",
+        audit.join("\n")
+    );
+    assert!(
+        audit
+            .iter()
+            .all(|l| l.contains("subject_hash=") && !l.contains("auth0|"))
+    );
+    h.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,266 @@
+//! The refresh policy under paused time: hours of credential lifetimes in milliseconds.
+//!
+//! Each test starts the broker in real time (keys load over HTTP), then pauses tokio's clock;
+//! from there the broker is driven in-process and Cognito is the emulator called in-process,
+//! so no socket I/O races the paused clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use credbroker::broker::BrokerError;
+use credbroker::emulator::cognito::CognitoOptions;
+use credbroker::emulator::oidc::TokenSpec;
+use credbroker::identity::{Issued, State};
+use credbroker::metrics::Surface;
+
+use crate::single_flight::metric;
+use crate::support::{Harness, Tweaks};
+
+const MIN: Duration = Duration::from_secs(60);
+
+async fn paused(mut t: Tweaks) -> Harness {
+    t.in_process_cognito = true;
+    t.tokens = format!("jwks_refresh_interval = \"7d\"\n{}", t.tokens);
+    let h = Harness::with(t).await;
+    tokio::time::pause();
+    h
+}
+
+fn token(h: &Harness, sub: &str, lifetime: Duration) -> String {
+    h.issuer.mint(&TokenSpec {
+        lifetime: Some(lifetime),
+        ..TokenSpec::for_subject(sub)
+    })
+}
+
+async fn creds(h: &Harness, token: &str) -> Result<Arc<Issued>, BrokerError> {
+    h.running()
+        .broker
+        .credentials(token, Surface::Container)
+        .await
+}
+
+fn remaining(h: &Harness, c: &Issued) -> Duration {
+    c.expires_at
+        .duration_since(h.clock.now())
+        .unwrap_or(Duration::ZERO)
+}
+
+fn metrics(h: &Harness) -> String {
+    h.running().broker.metrics.render()
+}
+
+#[tokio::test]
+async fn one_hour_credentials_are_refreshed_ahead_and_never_served_under_min_remaining() {
+    let h = paused(Tweaks::default()).await;
+    let t = token(&h, "auth0|steady", Duration::from_secs(12 * 3600));
+    let first = creds(&h, &t).await.expect("first");
+    assert_eq!(h.credential_calls(), 1);
+
+    // The refresh happens between 30 and 35 minutes in (refresh_ahead 30m, jitter 5m).
+    tokio::time::sleep(30 * MIN - Duration::from_secs(1)).await;
+    assert_eq!(h.credential_calls(), 1, "no refresh before refresh_ahead");
+    tokio::time::sleep(5 * MIN + Duration::from_secs(2)).await;
+    assert_eq!(h.credential_calls(), 2, "refreshed in the background");
+    let second = creds(&h, &t).await.expect("second");
+    assert_ne!(second.access_key_id(), first.access_key_id());
+
+    // Three hours of a caller every minute: always ≥ 20 minutes left, never waiting on Cognito.
+    let mut keys = std::collections::BTreeSet::new();
+    for _ in 0..180 {
+        tokio::time::sleep(MIN).await;
+        let c = creds(&h, &t).await.expect("served");
+        assert!(
+            remaining(&h, &c) >= 20 * MIN,
+            "served with {:?} left",
+            remaining(&h, &c)
+        );
+        keys.insert(c.access_key_id().to_owned());
+    }
+    let calls = h.credential_calls();
+    assert!(
+        (7..=9).contains(&calls),
+        "{calls} GetCredentialsForIdentity calls in 3.6 h"
+    );
+    assert!(keys.len() >= 6, "credentials rotated: {}", keys.len());
+    let m = metrics(&h);
+    assert_eq!(
+        metric(&m, "credbroker_cache_lookups_total{result=\"miss\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "credbroker_refreshes_total{result=\"ok\",trigger=\"on_demand\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "credbroker_refreshes_total{result=\"ok\",trigger=\"ahead\"}"
+        ),
+        (calls - 1) as f64
+    );
+    assert_eq!(
+        metric(&m, "credbroker_served_below_min_remaining_total"),
+        0.0
+    );
+    assert_eq!(h.get_id_calls(), 1, "GetId once per identity");
+}
+
+#[tokio::test]
+async fn ninety_second_credentials_refresh_at_a_fraction_without_looping() {
+    let h = paused(Tweaks {
+        cognito_options: Some(CognitoOptions {
+            credential_lifetime: Duration::from_secs(90),
+            ..CognitoOptions::default()
+        }),
+        ..Tweaks::default()
+    })
+    .await;
+    let t = token(&h, "auth0|moto-like", Duration::from_secs(3600));
+    creds(&h, &t).await.expect("first");
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let c = creds(&h, &t).await.expect("served");
+        // Scaled min_remaining: 20m × (45s / 30m) = 30 s.
+        assert!(
+            remaining(&h, &c) >= Duration::from_secs(30),
+            "{:?}",
+            remaining(&h, &c)
+        );
+    }
+    let calls = h.credential_calls();
+    // One refresh every 45–52.5 s over 600 s, plus the first: about 12–14, never hundreds.
+    assert!((11..=15).contains(&calls), "{calls} calls in 10 minutes");
+    let m = metrics(&h);
+    assert_eq!(
+        metric(
+            &m,
+            "credbroker_refreshes_total{result=\"ok\",trigger=\"on_demand\"}"
+        ),
+        1.0,
+        "callers never waited: {m}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_serving_valid_credentials_and_never_expired_ones() {
+    let h = paused(Tweaks::default()).await;
+    let t = token(&h, "auth0|outage", Duration::from_secs(12 * 3600));
+    let first = creds(&h, &t).await.expect("first");
+    h.cognito.faults().set_outage(true);
+
+    // Until 40 minutes in (expiry − min_remaining) the old credentials are still served.
+    for _ in 0..39 {
+        tokio::time::sleep(MIN).await;
+        let c = creds(&h, &t).await.expect("still served");
+        assert_eq!(c.access_key_id(), first.access_key_id());
+        assert!(remaining(&h, &c) >= 20 * MIN);
+    }
+    assert!(
+        h.cognito
+            .stats()
+            .get_credentials_for_identity
+            .errors
+            .values()
+            .sum::<u64>()
+            > 0
+    );
+
+    // Past that they are not served, expired or not.
+    for _ in 0..30 {
+        tokio::time::sleep(MIN).await;
+        let err = creds(&h, &t).await.expect_err("not servable");
+        let reply = err.reply();
+        assert_eq!((reply.status, reply.code), (503, "UpstreamUnavailable"));
+        assert!(reply.retry_after.is_some());
+    }
+
+    // Cognito is back: after the backoff, fresh credentials.
+    h.cognito.faults().set_outage(false);
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let c = creds(&h, &t).await.expect("recovered");
+    assert_ne!(c.access_key_id(), first.access_key_id());
+    assert!(remaining(&h, &c) > 55 * MIN);
+}
+
+#[tokio::test]
+async fn idle_identities_are_evicted_and_not_refreshed() {
+    let h = paused(Tweaks {
+        cache: "idle_timeout = \"10m\"".into(),
+        ..Tweaks::default()
+    })
+    .await;
+    let t = token(&h, "auth0|idle", Duration::from_secs(12 * 3600));
+    creds(&h, &t).await.expect("first");
+    assert_eq!(h.running().broker.identities.len(), 1);
+
+    tokio::time::sleep(36 * MIN).await;
+    assert_eq!(h.credential_calls(), 1, "an idle identity is not refreshed");
+    assert_eq!(h.running().broker.identities.len(), 0, "and is evicted");
+    let m = metrics(&h);
+    assert_eq!(
+        metric(&m, "credbroker_cache_evictions_total{cause=\"idle\"}"),
+        1.0,
+        "{m}"
+    );
+
+    // The next caller starts over.
+    creds(&h, &t).await.expect("again");
+    assert_eq!((h.get_id_calls(), h.credential_calls()), (2, 2));
+}
+
+#[tokio::test]
+async fn refresh_stops_when_the_token_expires_and_resumes_with_a_callers_new_token() {
+    // No jitter, so the timeline is exact: refreshes at 30 and 60 min, servable until 70 min.
+    let h = paused(Tweaks {
+        cache: "refresh_jitter = \"0s\"".into(),
+        ..Tweaks::default()
+    })
+    .await;
+    let short = token(&h, "auth0|expiring", 40 * MIN);
+    creds(&h, &short).await.expect("first");
+
+    // 30 min: refreshed with the still-valid token (credentials now last until 90 min).
+    tokio::time::sleep(36 * MIN).await;
+    assert_eq!(h.credential_calls(), 2);
+
+    // 60 min: the held token expired at 40 min, so the refresh is skipped.
+    tokio::time::sleep(29 * MIN).await;
+    assert_eq!(h.credential_calls(), 2, "no refresh without a valid token");
+    let identity = h
+        .running()
+        .broker
+        .identities
+        .identities()
+        .pop()
+        .expect("identity");
+    assert_eq!(identity.state(), State::AwaitingToken);
+    let m = metrics(&h);
+    assert!(
+        metric(
+            &m,
+            "credbroker_refreshes_total{result=\"skipped_token_expired\",trigger=\"ahead\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    // The expired token itself is refused.
+    let err = creds(&h, &short).await.expect_err("expired token");
+    assert_eq!(err.reply().code, "TokenExpired");
+
+    // A caller arrives with a new token: served from cache at once, and refresh resumes.
+    let fresh = token(&h, "auth0|expiring", 10 * 3600 * Duration::from_secs(1));
+    let served = creds(&h, &fresh).await.expect("served from cache");
+    assert!(remaining(&h, &served) >= 20 * MIN);
+    assert_eq!(h.credential_calls(), 2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.credential_calls(),
+        3,
+        "refresh resumed with the new token"
+    );
+    assert_eq!(identity.state(), State::Active);
+}

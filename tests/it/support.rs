@@ -1,0 +1,273 @@
+//! Shared test setup: emulated issuer + Cognito + a broker on 127.0.0.1:0, an HTTP client,
+//! and the real aws-config credentials chain pointed at the broker.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_credential_types::provider::ProvideCredentials as _;
+use aws_types::os_shim_internal::{Env, Fs};
+use bytes::Bytes;
+use credbroker::app::{self, Overrides, Running};
+use credbroker::clock::{SharedClock, TokioClock};
+use credbroker::cognito::CognitoApi;
+use credbroker::config::Config;
+use credbroker::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
+use credbroker::emulator::oidc::{IssuerOptions, OidcIssuer};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Extra TOML per section, inserted into the generated configuration.
+#[derive(Default, Clone)]
+pub struct Tweaks {
+    pub server: String,
+    pub tokens: String,
+    pub cache: String,
+    pub cognito: String,
+    pub provider: String,
+    /// Use the emulator in-process instead of the SDK over HTTP (paused-time tests).
+    pub in_process_cognito: bool,
+    pub cognito_options: Option<CognitoOptions>,
+    pub issuer_options: Option<IssuerOptions>,
+}
+
+pub struct Harness {
+    pub issuer: OidcIssuer,
+    pub cognito: CognitoEmulator,
+    pub running: Option<Running>,
+    pub clock: SharedClock,
+    pub http: Client<HttpConnector, Full<Bytes>>,
+    pub dir: PathBuf,
+}
+
+pub fn config_toml(issuer: &OidcIssuer, cognito: &CognitoEmulator, t: &Tweaks) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{server}
+
+[tokens]
+{tokens}
+
+[providers.test]
+issuer = "{issuer}"
+audiences = ["{aud}"]
+{provider}
+
+[cognito]
+region = "{region}"
+identity_pool_id = "{pool}"
+endpoint_url = "{endpoint}"
+{cognito_extra}
+
+[cache]
+{cache}
+"#,
+        server = t.server,
+        tokens = t.tokens,
+        issuer = issuer.issuer(),
+        aud = issuer.audience(),
+        provider = t.provider,
+        region = cognito.region(),
+        pool = cognito.identity_pool_id(),
+        endpoint = cognito.endpoint_url(),
+        cognito_extra = t.cognito,
+        cache = t.cache,
+    )
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::with(Tweaks::default()).await
+    }
+
+    /// Starts everything. The clock follows tokio's clock, so a test may `tokio::time::pause()`
+    /// after start-up and drive expiry with `tokio::time::sleep`.
+    pub async fn with(t: Tweaks) -> Self {
+        let clock: SharedClock = Arc::new(TokioClock::new());
+        let issuer = OidcIssuer::start(t.issuer_options.clone().unwrap_or_default(), clock.clone())
+            .await
+            .expect("issuer");
+        let cognito = CognitoEmulator::start(
+            t.cognito_options.clone().unwrap_or_default(),
+            vec![TrustedProvider::for_issuer(&issuer)],
+            clock.clone(),
+        )
+        .await
+        .expect("cognito");
+        let config = Config::from_toml(&config_toml(&issuer, &cognito, &t)).expect("valid config");
+        let api: Option<Arc<dyn CognitoApi>> = if t.in_process_cognito {
+            Some(Arc::new(cognito.clone()))
+        } else {
+            None
+        };
+        let running = app::start(
+            config,
+            Overrides {
+                clock: Some(clock.clone()),
+                cognito: api,
+            },
+        )
+        .await
+        .expect("broker starts");
+        let dir = tempdir();
+        Self {
+            issuer,
+            cognito,
+            running: Some(running),
+            clock,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            dir,
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub fn url(&self) -> String {
+        self.running().credentials_url()
+    }
+
+    /// GET the credentials endpoint with `Authorization: token` (none when empty).
+    pub async fn get(&self, token: &str) -> Reply {
+        let headers: Vec<(&str, &str)> = if token.is_empty() {
+            vec![]
+        } else {
+            vec![("authorization", token)]
+        };
+        self.request("GET", &self.url(), &headers).await
+    }
+
+    pub async fn request(&self, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+        request(&self.http, method, url, headers).await
+    }
+
+    /// Writes a token file (atomically, no newline) and returns its path.
+    pub fn token_file(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        credbroker::fsutil::write_atomic(&path, token.as_bytes()).expect("token file");
+        path
+    }
+
+    pub fn get_id_calls(&self) -> u64 {
+        self.cognito.stats().get_id.calls
+    }
+
+    pub fn credential_calls(&self) -> u64 {
+        self.cognito.stats().get_credentials_for_identity.calls
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        self.cognito.shutdown();
+        self.issuer.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn code(&self) -> String {
+        self.json()["Code"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn request(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut builder = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let req = builder.body(Full::new(Bytes::new())).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("answer within 30 s")
+        .expect("request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Loads credentials through aws-config's default chain with only the container variables set,
+/// exactly as an application would.
+pub async fn sdk_container_credentials(
+    url: &str,
+    token_file: &Path,
+) -> Result<
+    aws_credential_types::Credentials,
+    aws_credential_types::provider::error::CredentialsError,
+> {
+    let token_file = token_file.to_string_lossy().into_owned();
+    let env = Env::from_slice(&[
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", url),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            token_file.as_str(),
+        ),
+        ("AWS_CONFIG_FILE", "/nonexistent/credbroker-test/config"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/credbroker-test/credentials",
+        ),
+    ]);
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .env(env)
+        .fs(Fs::real())
+        .http_client(credbroker::http::sdk_client())
+        .load()
+        .await;
+    sdk.credentials_provider()
+        .expect("a provider")
+        .provide_credentials()
+        .await
+}
+
+pub fn tempdir() -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "credbroker-it-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("tempdir");
+    dir
+}
+
+/// Lets spawned tasks run without advancing time.
+pub async fn settle() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}

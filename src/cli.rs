@@ -34,6 +34,10 @@ pub enum Command {
     },
     /// Run the whole flow locally against built-in emulators (no AWS account).
     Demo(DemoArgs),
+    /// Run only the emulated issuer and Cognito on fixed loopback ports, for
+    /// `credbroker run --config config/emulators.toml` (switching to real Auth0 + Cognito is
+    /// then a config change).
+    Emulators(EmulatorsArgs),
     /// Resolve credentials through the AWS SDK's default chain, as an app would, and print
     /// them with secrets redacted.
     Probe {
@@ -84,6 +88,20 @@ pub struct DemoArgs {
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Where to write the demo user's ID token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Flags of `emulators`.
+#[derive(Debug, Args)]
+pub struct EmulatorsArgs {
+    /// Where the emulated OIDC issuer listens.
+    #[arg(long, default_value = "127.0.0.1:8901")]
+    pub issuer_listen: SocketAddr,
+    /// Where the emulated Cognito Identity service listens.
+    #[arg(long, default_value = "127.0.0.1:8902")]
+    pub cognito_listen: SocketAddr,
+    /// Where to write an ID token for the demo user.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 }

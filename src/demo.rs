@@ -257,3 +257,101 @@ pub async fn run(
     demo.stop().await;
     Ok(())
 }
+
+/// Settings of `credbroker emulators`.
+#[derive(Debug, Clone)]
+pub struct EmulatorOptions {
+    /// The emulated issuer's address (`config/emulators.toml` expects `127.0.0.1:8901`).
+    pub issuer_listen: SocketAddr,
+    /// The emulated Cognito's address (`config/emulators.toml` expects `127.0.0.1:8902`).
+    pub cognito_listen: SocketAddr,
+    /// Where to write the demo user's token (default: `<tmp>/credbroker-demo/id-token`).
+    pub token_file: Option<PathBuf>,
+}
+
+/// The emulators alone, on fixed addresses, for a broker started from a config file.
+pub struct Emulators {
+    /// The emulated issuer.
+    pub issuer: OidcIssuer,
+    /// The emulated Cognito.
+    pub cognito: CognitoEmulator,
+    /// The demo user's token file.
+    pub token_file: PathBuf,
+}
+
+impl Emulators {
+    /// Starts both emulators and writes a token for [`DEMO_SUBJECT`].
+    pub async fn start(options: &EmulatorOptions, clock: SharedClock) -> Result<Self, DemoError> {
+        let issuer = OidcIssuer::start(
+            IssuerOptions {
+                listen: options.issuer_listen,
+                ..IssuerOptions::default()
+            },
+            clock.clone(),
+        )
+        .await
+        .map_err(DemoError::Emulator)?;
+        let cognito = CognitoEmulator::start(
+            CognitoOptions {
+                listen: options.cognito_listen,
+                ..CognitoOptions::default()
+            },
+            vec![TrustedProvider::for_issuer(&issuer)],
+            clock,
+        )
+        .await
+        .map_err(DemoError::Emulator)?;
+        let token_file = options.token_file.clone().unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join("credbroker-demo")
+                .join("id-token")
+        });
+        write_token(&token_file, &issuer.token_for(DEMO_SUBJECT))?;
+        Ok(Self {
+            issuer,
+            cognito,
+            token_file,
+        })
+    }
+
+    /// What to do next.
+    pub fn instructions(&self) -> String {
+        format!(
+            "credbroker emulators:\n\n\
+             \x20 issuer (OIDC):     {issuer}   (Logins key {logins}, audience {audience})\n\
+             \x20 Cognito Identity:  {cognito}   (region {region}, pool {pool})\n\
+             \x20 demo user token:   {file}\n\n\
+             Run the broker against them from a config file:\n\n\
+             \x20 credbroker run --config config/emulators.toml\n\n\
+             Mint a token for any user (ttl_seconds optional):\n\n\
+             \x20 curl -s -X POST {mint} -d '{{\"sub\":\"auth0|alice\"}}'\n\n\
+             Ctrl-C stops them.",
+            issuer = self.issuer.issuer(),
+            logins = self.issuer.logins_key(),
+            audience = self.issuer.audience(),
+            cognito = self.cognito.endpoint_url(),
+            region = self.cognito.region(),
+            pool = self.cognito.identity_pool_id(),
+            file = self.token_file.display(),
+            mint = format_args!("{}_emulator/mint", self.issuer.issuer()),
+        )
+    }
+
+    /// Stops both.
+    pub fn stop(self) {
+        self.cognito.shutdown();
+        self.issuer.shutdown();
+    }
+}
+
+/// `credbroker emulators`: serves until `shutdown`.
+pub async fn run_emulators(
+    options: EmulatorOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DemoError> {
+    let emulators = Emulators::start(&options, clock::system()).await?;
+    println!("{}", emulators.instructions());
+    shutdown.await;
+    emulators.stop();
+    Ok(())
+}

@@ -82,6 +82,26 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Emulators(args) => {
+            let log = config::LogConfig {
+                level: "warn,credbroker=info".to_owned(),
+                format: config::LogFormat::Text,
+                unsafe_dependency_logs: false,
+            };
+            let _ = telemetry::init(&log, rust_log.as_deref());
+            let options = demo::EmulatorOptions {
+                issuer_listen: args.issuer_listen,
+                cognito_listen: args.cognito_listen,
+                token_file: args.token_file,
+            };
+            match runtime.block_on(demo::run_emulators(options, signals::shutdown())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("credbroker emulators: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Probe { timeout } => {
             match runtime.block_on(probe::probe(Duration::from_secs(timeout))) {
                 Ok(report) => {

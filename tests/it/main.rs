@@ -3,6 +3,7 @@
 
 mod bad_tokens;
 mod cognito_errors;
+mod config_files;
 mod container;
 mod jwks;
 mod logs;

@@ -31,8 +31,9 @@
 //!
 //! # What they deliberately do not do
 //!
-//! - No TLS, no SigV4 verification of requests (the two Cognito operations are unsigned), no
-//!   persistence: identities and credentials live in memory for the emulator's lifetime.
+//! - No TLS, no SigV4 verification of Cognito requests (its two operations are unsigned; the
+//!   AppSync emulator does verify SigV4), no persistence: identities, credentials and todos live
+//!   in memory for the emulator's lifetime.
 //! - The issuer has no login UI, authorization endpoint or userinfo endpoint; the discovery
 //!   document advertises them only because the OIDC specification requires them.
 //! - The Cognito emulator models one identity pool with OIDC providers only: no unauthenticated

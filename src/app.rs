@@ -127,7 +127,13 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
 
     listeners.spawn(server::serve(
         listener,
-        container::router(broker.clone(), config.server.request_timeout),
+        container::router(broker.clone(), config.server.request_timeout).merge(
+            server::appsync::router(
+                broker.clone(),
+                &config.appsync,
+                config.server.request_timeout,
+            ),
+        ),
         Limits::from_config(&config.server),
         shutdown.clone(),
     ));

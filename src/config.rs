@@ -67,6 +67,11 @@ const DEFAULT_REFRESH_CONCURRENCY: u64 = 16;
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 const DEFAULT_FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(15);
 
+const DEFAULT_APPSYNC_MAX_BODY_BYTES: u64 = 1024 * 1024;
+const DEFAULT_APPSYNC_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_APPSYNC_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_APPSYNC_TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -82,6 +87,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Logging.
     pub log: LogConfig,
+    /// AppSync request forwarding (no APIs when the section is absent).
+    pub appsync: AppSyncConfig,
 }
 
 /// The container-credentials HTTP listener.
@@ -259,6 +266,92 @@ pub enum LogFormat {
     Json,
 }
 
+/// AppSync request forwarding: `POST /appsync/<name>/graphql` (and `/appsync/graphql` for the
+/// default API) on the main listener.
+#[derive(Debug, Clone)]
+pub struct AppSyncConfig {
+    /// The configured APIs, in name order. Empty: the AppSync routes answer 404.
+    pub apis: Vec<AppSyncApiConfig>,
+    /// Largest request body accepted from a caller; larger ones are answered 413 without
+    /// contacting AppSync.
+    pub max_body_bytes: usize,
+    /// Longest wait for AppSync's response head (AppSync itself gives up after 30 s); then 504.
+    pub timeout: Duration,
+    /// TCP + TLS connect timeout towards AppSync.
+    pub connect_timeout: Duration,
+    /// OIDC mode: a caller's ID token must stay valid at least this much longer, or the request
+    /// is refused with 401 instead of being forwarded with a dying token.
+    pub token_expiry_margin: Duration,
+}
+
+/// One AppSync GraphQL API, `[appsync.apis.<name>]`.
+#[derive(Debug, Clone)]
+pub struct AppSyncApiConfig {
+    /// The table name: the `<name>` in `/appsync/<name>/graphql`, and a metric label.
+    pub name: String,
+    /// The GraphQL endpoint, e.g. `https://<id>.appsync-api.<region>.amazonaws.com/graphql`.
+    pub url: Url,
+    /// The API's region (the SigV4 scope in IAM mode).
+    pub region: String,
+    /// How AppSync authenticates forwarded requests.
+    pub auth: AppSyncAuth,
+    /// Operation types callers may send; `None` forwards every operation unparsed.
+    pub allowed_operations: Option<Vec<OperationType>>,
+    /// Whether `/appsync/graphql` serves this API.
+    pub default: bool,
+}
+
+/// How credbroker authenticates to an AppSync API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppSyncAuth {
+    /// `OPENID_CONNECT`: the caller's raw ID token as `Authorization` (no `Bearer`).
+    Oidc,
+    /// `AWS_IAM`: SigV4 with the caller's Cognito credentials.
+    Iam,
+}
+
+impl AppSyncAuth {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Oidc => "oidc",
+            Self::Iam => "iam",
+        }
+    }
+}
+
+/// A GraphQL operation type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OperationType {
+    /// `query` (and the `{ ... }` shorthand).
+    Query,
+    /// `mutation`.
+    Mutation,
+    /// `subscription`.
+    Subscription,
+}
+
+impl OperationType {
+    /// The GraphQL keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Mutation => "mutation",
+            Self::Subscription => "subscription",
+        }
+    }
+
+    /// Parses the GraphQL keyword.
+    pub fn from_keyword(word: &str) -> Option<Self> {
+        Some(match word {
+            "query" => Self::Query,
+            "mutation" => Self::Mutation,
+            "subscription" => Self::Subscription,
+            _ => return None,
+        })
+    }
+}
+
 /// One configuration problem, with the dotted path of the setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -404,6 +497,7 @@ fn build(root: &Section<'_>) -> Option<Config> {
     let cognito = finished(root.section("cognito"), build_cognito);
     let cache = finished(root.section("cache"), build_cache);
     let log = finished(root.section("log"), build_log);
+    let appsync = finished(root.section("appsync"), build_appsync);
     Some(Config {
         server: server?,
         tokens: tokens?,
@@ -411,6 +505,7 @@ fn build(root: &Section<'_>) -> Option<Config> {
         cognito: cognito?,
         cache: cache?,
         log: log?,
+        appsync: appsync?,
     })
 }
 
@@ -912,6 +1007,167 @@ fn build_log(s: &Section<'_>) -> Option<LogConfig> {
         format,
         unsafe_dependency_logs,
     })
+}
+
+fn build_appsync(s: &Section<'_>) -> Option<AppSyncConfig> {
+    let max_body_bytes = s.u64_in(
+        "max_body_bytes",
+        DEFAULT_APPSYNC_MAX_BODY_BYTES,
+        1024,
+        64 * 1024 * 1024,
+    );
+    let timeout = s.duration_in(
+        "timeout",
+        DEFAULT_APPSYNC_TIMEOUT,
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    );
+    let connect_timeout = s.duration_in(
+        "connect_timeout",
+        DEFAULT_APPSYNC_CONNECT_TIMEOUT,
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+    );
+    let token_expiry_margin = s.duration_in(
+        "token_expiry_margin",
+        DEFAULT_APPSYNC_TOKEN_EXPIRY_MARGIN,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
+    let table = s.section("apis");
+    let mut apis = Vec::new();
+    let mut defaults = Vec::new();
+    let mut ok = true;
+    for name in table.keys() {
+        let api = table.section(&name);
+        if api.bool_or("default", false) {
+            defaults.push(name.clone());
+        }
+        match build_appsync_api(&api, &name) {
+            Some(a) => apis.push(a),
+            None => ok = false,
+        }
+        api.finish();
+    }
+    table.finish();
+    if defaults.len() > 1 {
+        s.error(
+            "apis",
+            format!(
+                "only one API may set default = true (set by: {})",
+                defaults.join(", ")
+            ),
+        );
+        ok = false;
+    }
+    if apis.len() == 1 {
+        // A single API is the default: `/appsync/graphql` needs no extra setting.
+        apis[0].default = true;
+    }
+    let config = AppSyncConfig {
+        apis,
+        max_body_bytes: usize::try_from(max_body_bytes).ok()?,
+        timeout,
+        connect_timeout,
+        token_expiry_margin,
+    };
+    ok.then_some(config)
+}
+
+fn build_appsync_api(s: &Section<'_>, name: &str) -> Option<AppSyncApiConfig> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid_name {
+        s.error_here("API names may contain only letters, digits, '_' and '-' (at most 64)");
+    }
+    let url = s
+        .required_str("url")
+        .and_then(|u| match check_http_url(&u, "the AppSync URL") {
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                s.error("url", "the GraphQL URL has no query or fragment");
+                None
+            }
+            Ok(url) => Some(url),
+            Err(msg) => {
+                s.error("url", msg);
+                None
+            }
+        });
+    let region = s.required_str("region").and_then(|r| {
+        if is_region(&r) {
+            Some(r)
+        } else {
+            s.error(
+                "region",
+                format!("{r:?} is not an AWS region name like \"us-east-1\""),
+            );
+            None
+        }
+    });
+    let auth = match s.required_str("auth").as_deref() {
+        Some("oidc") => Some(AppSyncAuth::Oidc),
+        Some("iam") => Some(AppSyncAuth::Iam),
+        Some(other) => {
+            s.error(
+                "auth",
+                format!(
+                    "{other:?} is not \"oidc\" (AppSync OPENID_CONNECT: the caller's ID token is \
+                     forwarded) or \"iam\" (AWS_IAM: requests are signed with the caller's \
+                     Cognito credentials)"
+                ),
+            );
+            None
+        }
+        None => None,
+    };
+    let allowed_operations = match s.str_list("allowed_operations") {
+        None if !s.has("allowed_operations") => Some(None),
+        None => None,
+        Some(words) => {
+            let mut types = Vec::new();
+            let mut valid = true;
+            for w in &words {
+                match OperationType::from_keyword(w) {
+                    Some(t) => types.push(t),
+                    None => {
+                        valid = false;
+                        s.error(
+                            "allowed_operations",
+                            format!(
+                                "{w:?} is not an operation type; list \"query\", \"mutation\" \
+                                 and/or \"subscription\" (operation names are chosen by the \
+                                 client and prove nothing; restrict fields with the schema's \
+                                 auth rules)"
+                            ),
+                        );
+                    }
+                }
+            }
+            if words.is_empty() {
+                valid = false;
+                s.error(
+                    "allowed_operations",
+                    "an empty list would refuse everything; remove the setting to allow all",
+                );
+            }
+            types.sort();
+            types.dedup();
+            valid.then_some(Some(types))
+        }
+    };
+    let default = s.bool_or("default", false);
+    Some(AppSyncApiConfig {
+        name: name.to_owned(),
+        url: url?,
+        region: region?,
+        auth: auth?,
+        allowed_operations: allowed_operations?,
+        default,
+    })
+    .filter(|_| valid_name)
 }
 
 /// Parses `90s`, `20m`, `1h30m`, `500ms`, `2d`, or a bare number of seconds.
@@ -1486,6 +1742,108 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert_eq!(fmt_duration(Duration::from_secs(1200)), "20m");
         assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn appsync_is_empty_by_default() {
+        let c = Config::from_toml(MINIMAL).expect("valid");
+        assert!(c.appsync.apis.is_empty());
+        assert_eq!(c.appsync.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.appsync.timeout, Duration::from_secs(30));
+        assert_eq!(c.appsync.token_expiry_margin, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn appsync_apis_are_validated_and_typed() {
+        let text = format!(
+            r#"{MINIMAL}
+            [appsync]
+            max_body_bytes = 4096
+            token_expiry_margin = "45s"
+
+            [appsync.apis.todos]
+            url = "https://abc.appsync-api.eu-west-1.amazonaws.com/graphql"
+            region = "eu-west-1"
+            auth = "oidc"
+            default = true
+
+            [appsync.apis.admin]
+            url = "http://127.0.0.1:9999/graphql"
+            region = "us-east-1"
+            auth = "iam"
+            allowed_operations = ["query"]
+            "#
+        );
+        let c = Config::from_toml(&text).expect("valid");
+        let a = &c.appsync;
+        assert_eq!(a.max_body_bytes, 4096);
+        assert_eq!(a.token_expiry_margin, Duration::from_secs(45));
+        assert_eq!(a.apis.len(), 2);
+        let admin = a.apis.iter().find(|x| x.name == "admin").expect("admin");
+        assert_eq!(admin.auth, AppSyncAuth::Iam);
+        assert_eq!(admin.allowed_operations, Some(vec![OperationType::Query]));
+        assert!(!admin.default);
+        let todos = a.apis.iter().find(|x| x.name == "todos").expect("todos");
+        assert_eq!(todos.auth, AppSyncAuth::Oidc);
+        assert!(todos.default && todos.allowed_operations.is_none());
+    }
+
+    #[test]
+    fn a_single_appsync_api_is_the_default() {
+        let text = format!(
+            "{MINIMAL}\n[appsync.apis.only]\nurl = \"https://x.example/graphql\"\n\
+             region = \"us-east-1\"\nauth = \"iam\"\n"
+        );
+        let c = Config::from_toml(&text).expect("valid");
+        assert!(c.appsync.apis[0].default);
+    }
+
+    #[test]
+    fn every_appsync_problem_is_reported_at_once() {
+        let text = format!(
+            r#"{MINIMAL}
+            [appsync]
+            timeout = "forever"
+            max_body_byte = 10
+
+            [appsync.apis.a]
+            url = "http://10.0.0.1/graphql"
+            region = "mars"
+            auth = "api_key"
+            allowed_operations = ["ListTodos"]
+            default = true
+
+            [appsync.apis.b]
+            url = "https://x.example/graphql?x=1"
+            region = "us-east-1"
+            auth = "iam"
+            default = true
+
+            [appsync.apis."bad name"]
+            region = "us-east-1"
+            auth = "oidc"
+            "#
+        );
+        let errors = errors_of(&Sources::from_toml(text));
+        let joined = errors.join("\n");
+        for expected in [
+            "appsync.timeout: \"forever\" is not a duration",
+            "appsync.max_body_byte: unknown setting (did you mean \"max_body_bytes\"?)",
+            "appsync.apis.a.url: the AppSync URL \"http://10.0.0.1/graphql\" uses plain http",
+            "appsync.apis.a.region: \"mars\" is not an AWS region",
+            "appsync.apis.a.auth: \"api_key\" is not \"oidc\"",
+            "appsync.apis.a.allowed_operations: \"ListTodos\" is not an operation type",
+            "appsync.apis.b.url: the GraphQL URL has no query or fragment",
+            "appsync.apis.bad name: API names may contain only",
+            "appsync.apis.bad name.url: required",
+            "appsync.apis: only one API may set default = true (set by: a, b)",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
+        assert_eq!(errors.len(), 10, "{joined}");
     }
 
     #[test]

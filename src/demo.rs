@@ -1,7 +1,8 @@
 //! `credbroker demo`: the whole flow on one machine, no AWS account.
 //!
-//! Owns: starting the emulated OIDC issuer and Cognito, a broker configured for them (through
-//! the same config loader as production), a token file for a demo user, and the instructions.
+//! Owns: starting the emulated OIDC issuer, Cognito and AppSync, a broker configured for them
+//! (through the same config loader as production), a token file for a demo user, and the
+//! instructions.
 //!
 //! Promises:
 //! - everything binds loopback; the broker takes `127.0.0.1:8900` when free, else any port, and
@@ -19,11 +20,18 @@ use std::time::Duration;
 use crate::app::{self, Overrides, Running};
 use crate::clock::{self, SharedClock};
 use crate::config::{Config, ConfigErrors};
+use crate::emulator::appsync::{AppSyncEmulator, AppSyncOptions};
 use crate::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
 use crate::emulator::oidc::{IssuerOptions, OidcIssuer};
 
 /// The demo user's subject.
 pub const DEMO_SUBJECT: &str = "auth0|demo-user";
+
+/// The GraphQL body the printed `curl` sends to create a todo.
+pub const DEMO_CREATE_TODO: &str = r#"{"query":"mutation { createTodo(content: \"hello from credbroker\") { id content owner } }"}"#;
+
+/// The GraphQL body the printed `curl` sends to list the demo user's todos.
+pub const DEMO_LIST_TODOS: &str = r#"{"query":"{ listTodos { id content owner } }"}"#;
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -68,6 +76,8 @@ pub struct Demo {
     pub issuer: OidcIssuer,
     /// The emulated Cognito.
     pub cognito: CognitoEmulator,
+    /// The emulated AppSync API (OIDC and IAM modes).
+    pub appsync: AppSyncEmulator,
     /// The broker.
     pub running: Running,
     /// The demo user's token file.
@@ -79,6 +89,7 @@ pub fn demo_config(
     listen: SocketAddr,
     issuer: &OidcIssuer,
     cognito: &CognitoEmulator,
+    appsync: &AppSyncEmulator,
 ) -> Result<Config, ConfigErrors> {
     Config::from_toml(&format!(
         r#"
@@ -93,7 +104,20 @@ audiences = ["{audience}"]
 region = "{region}"
 identity_pool_id = "{pool}"
 endpoint_url = "{endpoint}"
+
+[appsync.apis.todos]
+url = "{appsync}"
+region = "{appsync_region}"
+auth = "oidc"
+default = true
+
+[appsync.apis.todos-iam]
+url = "{appsync}"
+region = "{appsync_region}"
+auth = "iam"
 "#,
+        appsync = appsync.url(),
+        appsync_region = appsync.region(),
         issuer = issuer.issuer(),
         audience = issuer.audience(),
         region = cognito.region(),
@@ -114,24 +138,34 @@ pub async fn start(options: &DemoOptions, clock: SharedClock) -> Result<Demo, De
     )
     .await
     .map_err(DemoError::Emulator)?;
+    let appsync = AppSyncEmulator::start(
+        AppSyncOptions::for_emulators(&issuer, &cognito),
+        clock.clone(),
+    )
+    .await
+    .map_err(DemoError::Emulator)?;
 
     let overrides = || Overrides {
         clock: Some(clock.clone()),
         cognito: None,
     };
-    let running =
-        match app::start(demo_config(options.listen, &issuer, &cognito)?, overrides()).await {
-            Ok(r) => r,
-            Err(app::StartError::Bind { .. }) if options.listen.port() != 0 => {
-                let any = SocketAddr::new(options.listen.ip(), 0);
-                eprintln!(
-                    "note: {} is taken; using a free port instead",
-                    options.listen
-                );
-                app::start(demo_config(any, &issuer, &cognito)?, overrides()).await?
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let running = match app::start(
+        demo_config(options.listen, &issuer, &cognito, &appsync)?,
+        overrides(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(app::StartError::Bind { .. }) if options.listen.port() != 0 => {
+            let any = SocketAddr::new(options.listen.ip(), 0);
+            eprintln!(
+                "note: {} is taken; using a free port instead",
+                options.listen
+            );
+            app::start(demo_config(any, &issuer, &cognito, &appsync)?, overrides()).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let token_file = options.token_file.clone().unwrap_or_else(|| {
         std::env::temp_dir()
@@ -142,6 +176,7 @@ pub async fn start(options: &DemoOptions, clock: SharedClock) -> Result<Demo, De
     Ok(Demo {
         issuer,
         cognito,
+        appsync,
         running,
         token_file,
     })
@@ -182,15 +217,35 @@ impl Demo {
              \x20 curl -s -H \"Authorization: $(cat {file})\" {url}\n\
              \x20 aws configure export-credentials --format env   # AWS CLI v2, with the exports above\n\
              \x20 credbroker probe                                # the Rust SDK's default chain, redacted\n\n\
+             GraphQL through the broker to the emulated AppSync ({appsync}), as the demo user\n\
+             (/appsync/graphql uses the ID token; /appsync/todos-iam/graphql signs with SigV4):\n\n\
+             \x20 curl -s -H \"Authorization: $(cat {file})\" -H 'Content-Type: application/json' \\\n\
+             \x20   -d '{create}' {graphql}\n\
+             \x20 curl -s -H \"Authorization: $(cat {file})\" -H 'Content-Type: application/json' \\\n\
+             \x20   -d '{list}' {graphql}\n\n\
              Ctrl-C stops everything.",
             issuer = self.issuer.issuer(),
             cognito = self.cognito.endpoint_url(),
+            appsync = self.appsync.url(),
+            graphql = self.graphql_url(),
+            create = DEMO_CREATE_TODO,
+            list = DEMO_LIST_TODOS,
+        )
+    }
+
+    /// The broker's GraphQL URL for the default AppSync API.
+    pub fn graphql_url(&self) -> String {
+        format!(
+            "http://{}{}",
+            self.running.container_addr,
+            crate::server::appsync::DEFAULT_GRAPHQL_PATH
         )
     }
 
     /// Stops the broker and the emulators.
     pub async fn stop(self) {
         self.running.stop().await;
+        self.appsync.shutdown();
         self.cognito.shutdown();
         self.issuer.shutdown();
     }
@@ -354,4 +409,50 @@ pub async fn run_emulators(
     shutdown.await;
     emulators.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the printed curl commands do, done with an HTTP client.
+    #[tokio::test]
+    async fn the_printed_graphql_requests_create_and_list_a_todo() {
+        let dir = std::env::temp_dir().join(format!("credbroker-demo-test-{}", std::process::id()));
+        let options = DemoOptions {
+            check: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token_file: Some(dir.join("id-token")),
+        };
+        let demo = start(&options, clock::system()).await.expect("demo starts");
+        let instructions = demo.instructions();
+        assert!(instructions.contains(&demo.graphql_url()), "{instructions}");
+        assert!(instructions.contains(DEMO_CREATE_TODO), "{instructions}");
+        let token = std::fs::read_to_string(&demo.token_file).expect("token file");
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let mut answers = Vec::new();
+        for body in [DEMO_CREATE_TODO, DEMO_LIST_TODOS] {
+            let request = http::Request::post(demo.graphql_url())
+                .header("authorization", &token)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .expect("request");
+            let response = client.request(request).await.expect("answer");
+            assert_eq!(response.status(), 200);
+            let bytes = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            answers.push(serde_json::from_slice::<serde_json::Value>(&bytes).expect("json"));
+        }
+        assert_eq!(answers[0]["data"]["createTodo"]["owner"], DEMO_SUBJECT);
+        assert_eq!(
+            answers[1]["data"]["listTodos"][0]["content"],
+            "hello from credbroker"
+        );
+        demo.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

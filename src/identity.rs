@@ -806,6 +806,17 @@ impl Shared {
         trigger: Trigger,
     ) -> Inflight {
         let mut slot = lock(&entry.inflight);
+        if trigger == Trigger::OnDemand
+            && let Some(current) = entry.current.load_full()
+            && current.servable_at(self.clock.now())
+        {
+            // An exchange finished between the caller's cache check and this lock (exchanges
+            // publish before they release the slot): use it rather than start a second one.
+            self.metrics.hot.cache_hit.inc();
+            let ready: BoxFuture<'static, Result<Arc<Issued>, FetchError>> =
+                Box::pin(std::future::ready(Ok(current)));
+            return ready.shared();
+        }
         if let Some(f) = slot.as_ref() {
             if trigger == Trigger::OnDemand {
                 self.metrics

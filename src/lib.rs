@@ -33,6 +33,7 @@
 //! tokens like the real ones, used by the tests and by `credbroker demo`.
 
 pub mod app;
+pub mod appsync;
 pub mod broker;
 pub mod cli;
 pub mod clock;

@@ -88,6 +88,11 @@ pub struct Inner {
     pub request_latency: HistogramVec,
     /// `credbroker_credentials_issued_total{surface}`: served credential sets (audit events).
     pub issued: IntCounterVec,
+    /// `credbroker_appsync_upstream_responses_total{api, outcome}`: 2xx/3xx/4xx/5xx, timeout,
+    /// unreachable.
+    pub appsync_upstream: IntCounterVec,
+    /// `credbroker_appsync_upstream_duration_seconds{api}`: time to AppSync's answer head.
+    pub appsync_upstream_latency: HistogramVec,
     /// Pre-resolved hot-path handles.
     pub hot: HotPath,
 }
@@ -265,6 +270,19 @@ impl Metrics {
                 "credentials_issued_total",
                 "Credential sets handed to callers, by surface (one audit log line each).",
                 &["surface"],
+            ),
+            appsync_upstream: counter_vec(
+                r,
+                "appsync_upstream_responses_total",
+                "Requests forwarded to AppSync by configured API and outcome (2xx, 3xx, 4xx, \
+                 5xx, timeout, unreachable).",
+                &["api", "outcome"],
+            ),
+            appsync_upstream_latency: histogram_vec(
+                r,
+                "appsync_upstream_duration_seconds",
+                "Time from forwarding a request to AppSync's answer head, by configured API.",
+                &["api"],
             ),
             registry,
             token_validations,

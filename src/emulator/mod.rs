@@ -1,7 +1,8 @@
 //! In-process emulators of the services credbroker talks to.
 //!
-//! Owns: an Auth0-shaped OpenID Connect issuer ([`oidc::OidcIssuer`]) and an Amazon Cognito
-//! Identity service ([`cognito::CognitoEmulator`]), plus the small HTTP server helper they share.
+//! Owns: an Auth0-shaped OpenID Connect issuer ([`oidc::OidcIssuer`]), an Amazon Cognito
+//! Identity service ([`cognito::CognitoEmulator`]) and an AWS AppSync GraphQL API
+//! ([`appsync::AppSyncEmulator`]), plus the small HTTP server helper they share.
 //!
 //! # What they are for
 //!
@@ -30,8 +31,9 @@
 //!
 //! # What they deliberately do not do
 //!
-//! - No TLS, no SigV4 verification of requests (the two Cognito operations are unsigned), no
-//!   persistence: identities and credentials live in memory for the emulator's lifetime.
+//! - No TLS, no SigV4 verification of Cognito requests (its two operations are unsigned; the
+//!   AppSync emulator does verify SigV4), no persistence: identities, credentials and todos live
+//!   in memory for the emulator's lifetime.
 //! - The issuer has no login UI, authorization endpoint or userinfo endpoint; the discovery
 //!   document advertises them only because the OIDC specification requires them.
 //! - The Cognito emulator models one identity pool with OIDC providers only: no unauthenticated
@@ -42,6 +44,7 @@
 //! Every server binds `127.0.0.1:0` by default and stops on `shutdown()` or when the last clone
 //! of its handle is dropped.
 
+pub mod appsync;
 pub mod cognito;
 mod jwt;
 pub mod oidc;
@@ -49,6 +52,7 @@ pub mod oidc;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -109,11 +113,25 @@ pub(crate) fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
 ) -> std::io::Result<ServerHandle> {
+    serve_counting(listener, router, Arc::new(AtomicU64::new(0)))
+}
+
+/// Like [`serve`], and counts accepted TCP connections in `connections` (so tests can prove
+/// that a client reuses connections).
+pub(crate) fn serve_counting(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    connections: Arc<AtomicU64>,
+) -> std::io::Result<ServerHandle> {
+    use axum::serve::ListenerExt as _;
     let local_addr = listener.local_addr()?;
     let cancel = CancellationToken::new();
     let stopped = CancellationToken::new();
     let signal = cancel.clone().cancelled_owned();
     let done = stopped.clone();
+    let listener = listener.tap_io(move |_| {
+        connections.fetch_add(1, Ordering::Relaxed);
+    });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router)
             .with_graceful_shutdown(signal)

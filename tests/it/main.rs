@@ -1,6 +1,7 @@
 //! Integration tests: the real broker on 127.0.0.1:0 against the in-repo emulators, driven by
 //! real clients (aws-config's credentials chain, an HTTP client, the binary itself).
 
+mod appsync;
 mod bad_tokens;
 mod cognito_errors;
 mod config_files;

@@ -15,6 +15,7 @@ use credbroker::app::{self, Overrides, Running};
 use credbroker::clock::{SharedClock, TokioClock};
 use credbroker::cognito::CognitoApi;
 use credbroker::config::Config;
+use credbroker::emulator::appsync::{AppSyncEmulator, AppSyncOptions};
 use credbroker::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
 use credbroker::emulator::oidc::{IssuerOptions, OidcIssuer};
 use http_body_util::{BodyExt, Full};
@@ -34,11 +35,15 @@ pub struct Tweaks {
     pub in_process_cognito: bool,
     pub cognito_options: Option<CognitoOptions>,
     pub issuer_options: Option<IssuerOptions>,
+    /// Start an emulated AppSync (both auth modes) and configure it as APIs `oidc` (default),
+    /// `iam` and `readonly` (oidc, queries only); the string is extra `[appsync]` TOML.
+    pub appsync: Option<String>,
 }
 
 pub struct Harness {
     pub issuer: OidcIssuer,
     pub cognito: CognitoEmulator,
+    pub appsync: Option<AppSyncEmulator>,
     pub running: Option<Running>,
     pub clock: SharedClock,
     pub http: Client<HttpConnector, Full<Bytes>>,
@@ -82,6 +87,35 @@ endpoint_url = "{endpoint}"
     )
 }
 
+/// `[appsync]` with three APIs on the emulated AppSync.
+pub fn appsync_toml(emu: &AppSyncEmulator, extra: &str) -> String {
+    format!(
+        r#"
+[appsync]
+{extra}
+
+[appsync.apis.oidc]
+url = "{url}"
+region = "{region}"
+auth = "oidc"
+default = true
+
+[appsync.apis.iam]
+url = "{url}"
+region = "{region}"
+auth = "iam"
+
+[appsync.apis.readonly]
+url = "{url}"
+region = "{region}"
+auth = "oidc"
+allowed_operations = ["query"]
+"#,
+        url = emu.url(),
+        region = emu.region(),
+    )
+}
+
 impl Harness {
     pub async fn start() -> Self {
         Self::with(Tweaks::default()).await
@@ -101,7 +135,22 @@ impl Harness {
         )
         .await
         .expect("cognito");
-        let config = Config::from_toml(&config_toml(&issuer, &cognito, &t)).expect("valid config");
+        let appsync = match &t.appsync {
+            Some(_) => Some(
+                AppSyncEmulator::start(
+                    AppSyncOptions::for_emulators(&issuer, &cognito),
+                    clock.clone(),
+                )
+                .await
+                .expect("appsync"),
+            ),
+            None => None,
+        };
+        let mut toml = config_toml(&issuer, &cognito, &t);
+        if let (Some(extra), Some(emu)) = (&t.appsync, &appsync) {
+            toml.push_str(&appsync_toml(emu, extra));
+        }
+        let config = Config::from_toml(&toml).expect("valid config");
         let api: Option<Arc<dyn CognitoApi>> = if t.in_process_cognito {
             Some(Arc::new(cognito.clone()))
         } else {
@@ -120,6 +169,7 @@ impl Harness {
         Self {
             issuer,
             cognito,
+            appsync,
             running: Some(running),
             clock,
             http: Client::builder(TokioExecutor::new()).build_http(),
@@ -149,6 +199,23 @@ impl Harness {
         request(&self.http, method, url, headers).await
     }
 
+    /// POST `body` to `path` on the broker's listener.
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let url = format!("http://{}{path}", self.running().container_addr);
+        send(
+            &self.http,
+            "POST",
+            &url,
+            headers,
+            Bytes::from(body.to_owned()),
+        )
+        .await
+    }
+
+    pub fn appsync(&self) -> &AppSyncEmulator {
+        self.appsync.as_ref().expect("started with Tweaks::appsync")
+    }
+
     /// Writes a token file (atomically, no newline) and returns its path.
     pub fn token_file(&self, name: &str, token: &str) -> PathBuf {
         let path = self.dir.join(name);
@@ -170,6 +237,9 @@ impl Harness {
         }
         self.cognito.shutdown();
         self.issuer.shutdown();
+        if let Some(a) = &self.appsync {
+            a.shutdown();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -201,11 +271,21 @@ pub async fn request(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
+    send(client, method, url, headers, Bytes::new()).await
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
     let mut builder = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let req = builder.body(Full::new(Bytes::new())).expect("request");
+    let req = builder.body(Full::new(body)).expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .expect("answer within 30 s")

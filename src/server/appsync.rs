@@ -1,0 +1,222 @@
+//! The AppSync routes of the main listener.
+//!
+//! Owns: `POST /appsync/<api>/graphql` and `POST /appsync/graphql` (the default API).
+//!
+//! Route table (paths are per API, so each API can grow more routes):
+//!
+//! | path                          | what                                             |
+//! |-------------------------------|--------------------------------------------------|
+//! | `POST /appsync/graphql`       | GraphQL to the default API                       |
+//! | `POST /appsync/{api}/graphql` | GraphQL to the API `[appsync.apis.{api}]`        |
+//! | `/appsync/{api}/realtime`     | reserved: WebSocket subscriptions (not yet)      |
+//!
+//! Promises:
+//! - the caller authenticates like on the credentials endpoint (`Authorization: <ID token>`,
+//!   `Bearer ` accepted), resolved by [`crate::appsync::caller::resolve`];
+//! - requests carrying `X-Forwarded-For` or `Forwarded` are refused (400), as on the credentials
+//!   endpoint: a proxy in front would make every user's requests come from "local";
+//! - a body larger than `appsync.max_body_bytes` is answered 413 without contacting AppSync
+//!   (declared `Content-Length` checked first, streamed bodies counted as they arrive);
+//! - AppSync's own answers (its 401s, 200s with field-level errors, 5xx) pass through unchanged;
+//!   credbroker's refusals are `{"Code","Message"}` plus the same as AppSync-style
+//!   `"errors":[{"errorType","message"}]`, so GraphQL clients surface them too.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use http_body_util::{BodyExt as _, Limited};
+
+use super::container::forwarded_refusal;
+use crate::appsync::caller;
+use crate::appsync::forward::{Forwarder, response_headers};
+use crate::broker::{Broker, ErrorReply};
+use crate::config::AppSyncConfig;
+use crate::metrics::Surface;
+
+/// GraphQL to the default API.
+pub const DEFAULT_GRAPHQL_PATH: &str = "/appsync/graphql";
+/// GraphQL to a named API.
+pub const API_GRAPHQL_PATH: &str = "/appsync/{api}/graphql";
+
+#[derive(Clone)]
+struct AppState {
+    broker: Arc<Broker>,
+    forwarder: Arc<Forwarder>,
+}
+
+/// The AppSync routes, merged into the main listener's router.
+pub fn router(broker: Arc<Broker>, config: &AppSyncConfig, request_timeout: Duration) -> Router {
+    let forwarder = Arc::new(Forwarder::new(config, request_timeout));
+    Router::new()
+        .route(DEFAULT_GRAPHQL_PATH, any(default_api))
+        .route(API_GRAPHQL_PATH, any(named_api))
+        .with_state(AppState { broker, forwarder })
+}
+
+async fn default_api(State(state): State<AppState>, request: Request) -> Response {
+    measured(&state, None, request).await
+}
+
+async fn named_api(
+    State(state): State<AppState>,
+    Path(api): Path<String>,
+    request: Request,
+) -> Response {
+    measured(&state, Some(api), request).await
+}
+
+async fn measured(state: &AppState, api: Option<String>, request: Request) -> Response {
+    let started = Instant::now();
+    let response = handle(state, api.as_deref(), request).await;
+    let metrics = &state.broker.metrics;
+    metrics
+        .requests
+        .with_label_values(&[Surface::Appsync.as_str(), response.status().as_str()])
+        .inc();
+    metrics
+        .request_latency
+        .with_label_values(&[Surface::Appsync.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle(state: &AppState, api_name: Option<&str>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if parts.method != Method::POST {
+        let mut r = refusal(&client_reply(
+            405,
+            "MethodNotAllowed",
+            "send GraphQL requests with POST",
+        ));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    if let Some(refused) = forwarded_refusal(&parts.headers) {
+        return refused;
+    }
+    let forwarder = &state.forwarder;
+    let Some(api) = forwarder.api(api_name).cloned() else {
+        let names = forwarder.names();
+        let message = match (api_name, names.is_empty()) {
+            (_, true) => "no AppSync API is configured ([appsync.apis.<name>])".to_owned(),
+            (Some(n), false) => format!(
+                "no AppSync API {n:?} is configured (configured: {})",
+                names.join(", ")
+            ),
+            (None, false) => format!(
+                "no default AppSync API; use /appsync/<name>/graphql (configured: {}) or set \
+                 default = true on one",
+                names.join(", ")
+            ),
+        };
+        return refusal(&client_reply(404, "NoSuchApi", message));
+    };
+
+    let max = forwarder.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large(max);
+    }
+
+    let caller = match caller::resolve(&state.broker, &parts.headers).await {
+        Ok(c) => c,
+        Err(reply) => {
+            tracing::debug!(
+                api = api.name(),
+                code = reply.code,
+                "appsync caller refused"
+            );
+            return refusal(&reply);
+        }
+    };
+
+    let body = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(max),
+        Err(_) => {
+            return refusal(&client_reply(
+                400,
+                "MalformedRequest",
+                "the request body could not be read",
+            ));
+        }
+    };
+
+    match forwarder
+        .forward(&state.broker, &api, &caller, &parts.headers, body)
+        .await
+    {
+        Ok(upstream) => {
+            let (up, incoming) = upstream.into_parts();
+            tracing::debug!(
+                api = api.name(),
+                status = up.status.as_u16(),
+                "appsync answered"
+            );
+            let mut response = Response::new(Body::new(incoming));
+            *response.status_mut() = up.status;
+            *response.headers_mut() = response_headers(&up.headers);
+            response
+        }
+        Err(e) => {
+            let reply = e.reply();
+            tracing::debug!(
+                api = api.name(),
+                outcome = e.outcome(),
+                code = reply.code,
+                "appsync request not forwarded"
+            );
+            refusal(&reply)
+        }
+    }
+}
+
+fn too_large(max: usize) -> Response {
+    refusal(&client_reply(
+        413,
+        "RequestTooLarge",
+        format!("the request body is larger than appsync.max_body_bytes ({max} bytes)"),
+    ))
+}
+
+fn client_reply(status: u16, code: &'static str, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
+        status,
+        code,
+        message: message.into(),
+        retry_after: None,
+    }
+}
+
+/// credbroker's own refusal: `{"Code","Message"}` and the same as AppSync-style `errors`.
+fn refusal(reply: &ErrorReply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({
+        "Code": reply.code,
+        "Message": reply.message,
+        "errors": [ { "errorType": reply.code, "message": reply.message } ],
+    })
+    .to_string();
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(secs) = reply.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}

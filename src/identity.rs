@@ -645,6 +645,23 @@ impl IdentityCache {
         fetch.await
     }
 
+    /// Starts (or joins) an exchange for `entry` although its credentials may still be servable,
+    /// for surfaces that want more time left than `cache.min_remaining` (IMDS). Single-flight
+    /// like any exchange; a remembered failure answers without calling Cognito, and a result
+    /// that does not extend the expiry is backed off, so callers cannot make it loop.
+    pub async fn refresh(
+        &self,
+        entry: &Arc<Identity>,
+        token: &Arc<VerifiedToken>,
+    ) -> Result<Arc<Issued>, FetchError> {
+        let s = &self.shared;
+        if let Some(err) = s.remembered_failure(entry, token, s.clock.now()) {
+            return Err(err);
+        }
+        let fetch = s.start_fetch(&self.shared, entry, token.clone(), Trigger::OnDemand);
+        fetch.await
+    }
+
     /// Removes an identity (logout, revocation): its credentials are dropped at once.
     pub fn evict(&self, key: &IdentityKey, cause: EvictionCause) -> bool {
         self.shared.evict(key, cause)

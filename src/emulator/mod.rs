@@ -43,6 +43,7 @@
 //! of its handle is dropped.
 
 pub mod cognito;
+pub mod grants;
 mod jwt;
 pub mod oidc;
 

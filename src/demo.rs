@@ -118,6 +118,7 @@ pub async fn start(options: &DemoOptions, clock: SharedClock) -> Result<Demo, De
     let overrides = || Overrides {
         clock: Some(clock.clone()),
         cognito: None,
+        ..Overrides::default()
     };
     let running =
         match app::start(demo_config(options.listen, &issuer, &cognito)?, overrides()).await {

@@ -112,6 +112,7 @@ impl Harness {
             Overrides {
                 clock: Some(clock.clone()),
                 cognito: api,
+                ..Overrides::default()
             },
         )
         .await

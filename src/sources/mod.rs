@@ -156,7 +156,8 @@ impl SourceError {
 /// What a source currently provides.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
-    /// The newest valid token (kept across later failures until it expires).
+    /// The newest valid token (kept across later failures, also once expired: it names the
+    /// identity whose cached credentials may still be served).
     pub token: Option<Arc<VerifiedToken>>,
     /// The last failure, cleared by a success.
     pub problem: Option<SourceError>,
@@ -256,7 +257,6 @@ impl SourceDriver {
     }
 
     fn record_failure(&self, e: &SourceError) {
-        let now = self.clock.now();
         let repeated = self
             .status
             .borrow()
@@ -264,9 +264,6 @@ impl SourceDriver {
             .as_ref()
             .is_some_and(|p| p.kind == e.kind && p.message == e.message);
         self.status.send_modify(|s| {
-            if s.token.as_ref().is_some_and(|t| t.expires_at <= now) {
-                s.token = None;
-            }
             s.problem = Some(e.clone());
             s.attempted = true;
         });
@@ -396,12 +393,14 @@ impl ConfiguredIdentity {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// The current usable token, waiting up to `wait` while the source is starting.
-    pub async fn token(
+    /// The newest token and, when it is not usable (expired), why. Waits up to `wait` while
+    /// the source is starting. A refresh token that needs a new login is an error even while
+    /// the last ID token is valid: the login was revoked.
+    async fn newest(
         &self,
         clock: &SharedClock,
         wait: Duration,
-    ) -> Result<Arc<VerifiedToken>, SourceError> {
+    ) -> Result<(Arc<VerifiedToken>, Option<SourceError>), SourceError> {
         let mut rx = self.status.clone();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -411,18 +410,20 @@ impl ConfiguredIdentity {
             {
                 return Err(p.clone());
             }
-            let now = clock.now();
-            if let Some(t) = status.token.filter(|t| t.expires_at > now) {
-                return Ok(t);
+            if let Some(t) = status.token {
+                if t.expires_at > clock.now() {
+                    return Ok((t, None));
+                }
+                let why = status.problem.unwrap_or_else(|| {
+                    SourceError::new(
+                        SourceErrorKind::Transient,
+                        "the ID token expired and the source has not provided a newer one yet",
+                    )
+                });
+                return Ok((t, Some(why)));
             }
             if let Some(p) = status.problem {
                 return Err(p);
-            }
-            if status.attempted {
-                return Err(SourceError::new(
-                    SourceErrorKind::Transient,
-                    "the ID token expired and the source has not provided a newer one yet",
-                ));
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
@@ -436,6 +437,18 @@ impl ConfiguredIdentity {
         }
     }
 
+    /// The current usable (unexpired) token, waiting up to `wait` while the source is starting.
+    pub async fn token(
+        &self,
+        clock: &SharedClock,
+        wait: Duration,
+    ) -> Result<Arc<VerifiedToken>, SourceError> {
+        match self.newest(clock, wait).await? {
+            (token, None) => Ok(token),
+            (_, Some(why)) => Err(why),
+        }
+    }
+
     /// Credentials for this identity on `surface`, with at least `min_remaining` left when a
     /// refresh can provide that (at most one early refresh per identity per minute, and only
     /// when Cognito's lifetimes are long enough for it to help).
@@ -446,18 +459,20 @@ impl ConfiguredIdentity {
         min_remaining: Duration,
         wait: Duration,
     ) -> Result<Arc<Issued>, IdentityError> {
-        let token = self
-            .token(broker.clock(), wait)
+        let (token, unusable) = self
+            .newest(broker.clock(), wait)
             .await
             .map_err(IdentityError::Source)?;
         let role = self.role.as_deref().or(broker.default_role());
         let entry = broker.identities.entry(&token, role);
         let now = broker.clock().now();
+        // Cached credentials stay servable while the source is failing (an IdP outage).
         if let Some(current) = entry.current().filter(|c| c.servable_at(now)) {
             let left = clock::saturating_sub(current.expires_at, now);
             let lifetime = clock::saturating_sub(current.expires_at, current.obtained_at);
             let age = clock::saturating_sub(now, current.obtained_at);
-            let issued = if left < min_remaining
+            let issued = if unusable.is_none()
+                && left < min_remaining
                 && lifetime > min_remaining
                 && age >= MIN_EARLY_REFRESH_INTERVAL
             {
@@ -471,6 +486,9 @@ impl ConfiguredIdentity {
             broker.metrics.hot.cache_hit.inc();
             broker.handed_out(surface, &token, &issued);
             return Ok(issued);
+        }
+        if let Some(why) = unusable {
+            return Err(IdentityError::Source(why));
         }
         Ok(broker
             .credentials_for_token(&token, self.role.as_deref(), surface)

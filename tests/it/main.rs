@@ -4,8 +4,10 @@
 mod bad_tokens;
 mod cognito_errors;
 mod container;
+mod imds;
 mod jwks;
 mod logs;
 mod refresh;
 mod single_flight;
+mod sources;
 mod support;

@@ -17,6 +17,7 @@ use credbroker::cognito::CognitoApi;
 use credbroker::config::Config;
 use credbroker::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
 use credbroker::emulator::oidc::{IssuerOptions, OidcIssuer};
+use credbroker::sources::refresh::TokenEndpoint;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -34,7 +35,17 @@ pub struct Tweaks {
     pub in_process_cognito: bool,
     pub cognito_options: Option<CognitoOptions>,
     pub issuer_options: Option<IssuerOptions>,
+    /// Raw TOML appended to the configuration (`[identities.*]`, `[imds]`); `{dir}` is
+    /// replaced with the harness's temporary directory.
+    pub extra: String,
+    /// Call the emulated issuer's token endpoint in process (paused-time tests).
+    pub in_process_issuer: bool,
+    /// Runs after the emulators start and before the broker does (write token files).
+    pub setup: Option<Setup>,
 }
+
+/// See [`Tweaks::setup`].
+pub type Setup = Arc<dyn Fn(&OidcIssuer, &Path) + Send + Sync>;
 
 pub struct Harness {
     pub issuer: OidcIssuer,
@@ -43,6 +54,9 @@ pub struct Harness {
     pub clock: SharedClock,
     pub http: Client<HttpConnector, Full<Bytes>>,
     pub dir: PathBuf,
+    /// The configuration text, for [`Harness::restart`].
+    pub config_text: String,
+    tweaks: Tweaks,
 }
 
 pub fn config_toml(issuer: &OidcIssuer, cognito: &CognitoEmulator, t: &Tweaks) -> String {
@@ -101,31 +115,62 @@ impl Harness {
         )
         .await
         .expect("cognito");
-        let config = Config::from_toml(&config_toml(&issuer, &cognito, &t)).expect("valid config");
-        let api: Option<Arc<dyn CognitoApi>> = if t.in_process_cognito {
-            Some(Arc::new(cognito.clone()))
+        let dir = tempdir();
+        if let Some(setup) = &t.setup {
+            setup(&issuer, &dir);
+        }
+        let mut config_text = config_toml(&issuer, &cognito, &t);
+        config_text.push_str(&t.extra.replace("{dir}", &dir.to_string_lossy()));
+        let mut h = Self {
+            issuer,
+            cognito,
+            running: None,
+            clock,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            dir,
+            config_text,
+            tweaks: t,
+        };
+        h.boot().await;
+        h
+    }
+
+    async fn boot(&mut self) {
+        let config = Config::from_toml(&self.config_text).expect("valid config");
+        let api: Option<Arc<dyn CognitoApi>> = if self.tweaks.in_process_cognito {
+            Some(Arc::new(self.cognito.clone()))
+        } else {
+            None
+        };
+        let token_endpoint: Option<Arc<dyn TokenEndpoint>> = if self.tweaks.in_process_issuer {
+            Some(Arc::new(self.issuer.clone()))
         } else {
             None
         };
         let running = app::start(
             config,
             Overrides {
-                clock: Some(clock.clone()),
+                clock: Some(self.clock.clone()),
                 cognito: api,
-                ..Overrides::default()
+                token_endpoint,
             },
         )
         .await
         .expect("broker starts");
-        let dir = tempdir();
-        Self {
-            issuer,
-            cognito,
-            running: Some(running),
-            clock,
-            http: Client::builder(TokioExecutor::new()).build_http(),
-            dir,
+        self.running = Some(running);
+    }
+
+    /// Stops the broker and starts a new one with the same configuration, files and emulators.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
         }
+        self.boot().await;
+    }
+
+    /// `http://127.0.0.1:PORT/` of the IMDS endpoint.
+    pub fn imds_url(&self) -> String {
+        self.running().imds_url().expect("[imds] configured")
     }
 
     pub fn running(&self) -> &Running {

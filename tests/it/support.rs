@@ -160,6 +160,13 @@ impl Harness {
         self.running = Some(running);
     }
 
+    /// Stops the broker only (emulators and files stay).
+    pub async fn stop_broker(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+
     /// Stops the broker and starts a new one with the same configuration, files and emulators.
     pub async fn restart(&mut self) {
         if let Some(r) = self.running.take() {

@@ -129,6 +129,18 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let container_addr = listener.local_addr().unwrap_or(addr);
+    // Bound before anything is spawned, so a failure leaves nothing running.
+    let imds_listener = match &config.imds {
+        Some(c) => Some(
+            server::bind(c.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: c.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     let background_stop = CancellationToken::new();
@@ -213,11 +225,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
     let mut imds_addr = None;
     if let Some(imds_config) = &config.imds
         && let Some(identity) = configured.get(&imds_config.identity)
+        && let Some(listener) = imds_listener
     {
         let addr = imds_config.listen;
-        let listener = server::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
         imds_addr = Some(listener.local_addr().unwrap_or(addr));
         let hops = imds_config.hop_limit;
         listeners.spawn(server::serve_with(

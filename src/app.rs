@@ -21,11 +21,14 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Broker;
 use crate::clock::{self, SharedClock};
 use crate::cognito::{CognitoApi, Exchanger, RetryPolicy, SdkCognito};
-use crate::config::Config;
+use crate::config::{Config, SourceConfig};
 use crate::identity::IdentityCache;
 use crate::metrics::Metrics;
 use crate::oidc::Validator;
-use crate::server::{self, Limits, container};
+use crate::server::{self, Limits, container, imds};
+use crate::sources::file::TokenFileSource;
+use crate::sources::refresh::{FileStore, HttpTokenEndpoint, RefreshTokenSource, TokenEndpoint};
+use crate::sources::{Configured, ConfiguredIdentity, IdentitySource, SourceDriver};
 
 /// Replacements for production dependencies (tests, the demo).
 #[derive(Default)]
@@ -34,6 +37,9 @@ pub struct Overrides {
     pub clock: Option<SharedClock>,
     /// The Cognito implementation (default: the AWS SDK client from `[cognito]`).
     pub cognito: Option<Arc<dyn CognitoApi>>,
+    /// The OAuth token endpoint for refresh-token sources (default: HTTP to the provider's
+    /// discovered `token_endpoint`).
+    pub token_endpoint: Option<Arc<dyn TokenEndpoint>>,
 }
 
 /// Why the broker could not start.
@@ -56,6 +62,10 @@ pub struct Running {
     pub container_addr: SocketAddr,
     /// The broker (for in-process inspection).
     pub broker: Arc<Broker>,
+    /// Where the IMDSv2-compatible endpoint listens, when `[imds]` is configured.
+    pub imds_addr: Option<SocketAddr>,
+    /// The identities configured in `[identities.*]`.
+    pub configured: Arc<Configured>,
     config: Arc<Config>,
     shutdown: CancellationToken,
     listeners: TaskTracker,
@@ -82,7 +92,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
     let validator = Arc::new(Validator::new(
         &config.providers,
         &config.tokens,
-        http,
+        http.clone(),
         clock.clone(),
         metrics.clone(),
     ));
@@ -119,6 +129,18 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let container_addr = listener.local_addr().unwrap_or(addr);
+    // Bound before anything is spawned, so a failure leaves nothing running.
+    let imds_listener = match &config.imds {
+        Some(c) => Some(
+            server::bind(c.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: c.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     let background_stop = CancellationToken::new();
@@ -137,8 +159,106 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         Limits::from_config(&config.server),
         shutdown.clone(),
     ));
-    background.spawn(validator.maintain(background_stop.clone()));
-    background.spawn(identities.run_scheduler(background_stop.clone()));
+    background.spawn(validator.clone().maintain(background_stop.clone()));
+    background.spawn(identities.clone().run_scheduler(background_stop.clone()));
+
+    // Configured identities: one source driver each, warmed before start returns.
+    let token_endpoint = overrides.token_endpoint.unwrap_or_else(|| {
+        Arc::new(HttpTokenEndpoint::new(
+            http.clone(),
+            config.tokens.oidc_timeout,
+        ))
+    });
+    let mut configured = Configured::default();
+    for ic in &config.identities {
+        let Some(provider) = validator
+            .providers()
+            .iter()
+            .find(|p| p.config.name == ic.provider)
+            .cloned()
+        else {
+            continue; // configuration validation guarantees it exists
+        };
+        let source: Arc<dyn IdentitySource> = match &ic.source {
+            SourceConfig::IdTokenFile {
+                path,
+                poll_interval,
+            } => Arc::new(TokenFileSource::new(path, *poll_interval)),
+            SourceConfig::RefreshToken {
+                path,
+                client_id,
+                client_secret,
+                auth,
+                refresh_fraction,
+            } => Arc::new(RefreshTokenSource::new(
+                token_endpoint.clone(),
+                client_id,
+                client_secret.clone(),
+                *auth,
+                Arc::new(FileStore::new(path)),
+                *refresh_fraction,
+            )),
+        };
+        let role = ic
+            .role
+            .as_deref()
+            .or(config.cognito.custom_role_arn.as_deref());
+        let driver = SourceDriver::new(
+            &ic.name,
+            source,
+            provider,
+            validator.clone(),
+            identities.clone(),
+            role,
+            broker.clock().clone(),
+            config.cache.idle_timeout / 2,
+        );
+        configured.insert(ConfiguredIdentity::new(
+            &ic.name,
+            ic.role.as_deref(),
+            driver.subscribe(),
+        ));
+        background.spawn(driver.run(background_stop.clone()));
+    }
+    let configured = Arc::new(configured);
+    futures_util::future::join_all(
+        configured
+            .iter()
+            .map(|c| c.ready(config.server.request_timeout)),
+    )
+    .await;
+
+    let mut imds_addr = None;
+    if let Some(imds_config) = &config.imds
+        && let Some(identity) = configured.get(&imds_config.identity)
+        && let Some(listener) = imds_listener
+    {
+        let addr = imds_config.listen;
+        imds_addr = Some(listener.local_addr().unwrap_or(addr));
+        let hops = imds_config.hop_limit;
+        listeners.spawn(server::serve_with(
+            listener,
+            imds::router(
+                broker.clone(),
+                identity,
+                imds_config,
+                config.server.request_timeout,
+            ),
+            Limits::from_config(&config.server),
+            shutdown.clone(),
+            move |stream| {
+                if let Err(e) = imds::apply_hop_limit(stream, hops) {
+                    tracing::warn!(error = %e, "cannot set the IMDS hop limit on a connection");
+                }
+            },
+        ));
+        tracing::info!(
+            listen = %imds_addr.unwrap_or(addr),
+            identity = %imds_config.identity,
+            role_name = %imds_config.role_name,
+            "IMDSv2-compatible endpoint is serving"
+        );
+    }
     listeners.close();
     background.close();
 
@@ -151,6 +271,8 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
     Ok(Running {
         container_addr,
         broker,
+        imds_addr,
+        configured,
         config,
         shutdown,
         listeners,
@@ -167,6 +289,11 @@ impl Running {
             self.container_addr,
             container::CREDENTIALS_PATH
         )
+    }
+
+    /// The IMDS endpoint for `AWS_EC2_METADATA_SERVICE_ENDPOINT`, when configured.
+    pub fn imds_url(&self) -> Option<String> {
+        self.imds_addr.map(|a| format!("http://{a}/"))
     }
 
     /// The configuration it runs with.

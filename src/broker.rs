@@ -231,6 +231,11 @@ impl Broker {
         }
     }
 
+    /// `cognito.custom_role_arn`, the role used when a request names none.
+    pub fn default_role(&self) -> Option<&str> {
+        self.default_role.as_deref()
+    }
+
     /// The clock.
     pub fn clock(&self) -> &SharedClock {
         &self.clock

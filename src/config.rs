@@ -89,6 +89,10 @@ pub struct Config {
     pub log: LogConfig,
     /// AppSync request forwarding (no APIs when the section is absent).
     pub appsync: AppSyncConfig,
+    /// Identities configured in the file (`[identities.<name>]`), warmed from start-up.
+    pub identities: Vec<IdentityConfig>,
+    /// The IMDSv2-compatible endpoint (`[imds]`), when configured.
+    pub imds: Option<ImdsConfig>,
 }
 
 /// The container-credentials HTTP listener.
@@ -498,6 +502,8 @@ fn build(root: &Section<'_>) -> Option<Config> {
     let cache = finished(root.section("cache"), build_cache);
     let log = finished(root.section("log"), build_log);
     let appsync = finished(root.section("appsync"), build_appsync);
+    let identities = build_identities(root, providers.as_deref());
+    let imds = build_imds(root, identities.as_deref(), cognito.as_ref());
     Some(Config {
         server: server?,
         tokens: tokens?,
@@ -506,6 +512,8 @@ fn build(root: &Section<'_>) -> Option<Config> {
         cache: cache?,
         log: log?,
         appsync: appsync?,
+        identities: identities?,
+        imds: imds?,
     })
 }
 
@@ -1168,6 +1176,322 @@ fn build_appsync_api(s: &Section<'_>, name: &str) -> Option<AppSyncApiConfig> {
         default,
     })
     .filter(|_| valid_name)
+}
+
+// ---- Configured identities and the IMDS endpoint (issue #3) ----
+
+/// Default listen address of the IMDSv2-compatible endpoint (8901/8902: emulators, 8903: gRPC).
+pub const DEFAULT_IMDS_LISTEN: &str = "127.0.0.1:8904";
+/// The role name IMDS lists when none is configured and no role ARN gives one.
+pub const DEFAULT_IMDS_ROLE_NAME: &str = "credbroker";
+const DEFAULT_IMDS_HOP_LIMIT: u64 = 1;
+const DEFAULT_IMDS_MAX_SESSION_TOKENS: u64 = 4096;
+const DEFAULT_IMDS_MIN_REMAINING: Duration = Duration::from_secs(25 * 60);
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_REFRESH_FRACTION: f64 = 0.5;
+
+/// One identity configured in the file: `[identities.<name>]`.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// The table name; used in logs, metrics-free (names are not labels) and by `imds.identity`.
+    pub name: String,
+    /// The `[providers.<name>]` that issues its ID tokens.
+    pub provider: String,
+    /// `CustomRoleArn` for this identity (else `cognito.custom_role_arn`).
+    pub role: Option<String>,
+    /// Where its ID tokens come from.
+    pub source: SourceConfig,
+}
+
+/// Where a configured identity's ID tokens come from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// A file something else keeps fresh; polled and reloaded on change.
+    IdTokenFile {
+        /// The file (the raw ID token, surrounding whitespace ignored).
+        path: PathBuf,
+        /// How often the file is checked for changes.
+        poll_interval: Duration,
+    },
+    /// An OIDC refresh token redeemed at the provider's token endpoint.
+    RefreshToken {
+        /// The file holding the current refresh token; rotated tokens are written back to it.
+        path: PathBuf,
+        /// The OAuth client id the refresh token was issued to.
+        client_id: String,
+        /// The client secret (confidential clients), read from `client_secret_file`.
+        client_secret: Option<crate::secret::SecretString>,
+        /// How the client authenticates at the token endpoint.
+        auth: ClientAuth,
+        /// Redeem after this fraction of an ID token's lifetime (plus up to 10 % jitter).
+        refresh_fraction: f64,
+    },
+}
+
+/// Token endpoint client authentication (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret` in the form body (Auth0's default for regular web apps).
+    Post,
+    /// HTTP Basic with the url-encoded client id and secret.
+    Basic,
+}
+
+/// The IMDSv2-compatible endpoint: `[imds]`.
+#[derive(Debug, Clone)]
+pub struct ImdsConfig {
+    /// Where it listens (its own listener; SDKs use root paths). Loopback unless allowed.
+    pub listen: SocketAddr,
+    /// Whether a non-loopback `listen` was explicitly allowed.
+    pub allow_non_loopback: bool,
+    /// The configured identity whose credentials it serves.
+    pub identity: String,
+    /// The role name listed under `security-credentials/`.
+    pub role_name: String,
+    /// Answer token-less (IMDSv1) GETs. Off by default, as on hardened EC2 instances.
+    pub allow_imdsv1: bool,
+    /// IP TTL / IPv6 hop limit of accepted connections (EC2's `HttpPutResponseHopLimit`).
+    pub hop_limit: u32,
+    /// Session tokens kept at once; the oldest is dropped beyond it.
+    pub max_session_tokens: usize,
+    /// Credentials with less than this left are refreshed before serving when possible
+    /// (botocore's IMDS provider keeps using credentials with under 15–25 min left).
+    pub min_remaining: Duration,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn build_identities(
+    root: &Section<'_>,
+    providers: Option<&[ProviderConfig]>,
+) -> Option<Vec<IdentityConfig>> {
+    let table = root.section("identities");
+    let mut out = Vec::new();
+    let mut ok = true;
+    for name in table.keys() {
+        let s = table.section(&name);
+        match build_identity(&s, &name, providers) {
+            Some(i) => out.push(i),
+            None => ok = false,
+        }
+        s.finish();
+    }
+    table.finish();
+    ok.then_some(out)
+}
+
+fn build_identity(
+    s: &Section<'_>,
+    name: &str,
+    providers: Option<&[ProviderConfig]>,
+) -> Option<IdentityConfig> {
+    if !valid_name(name) {
+        s.error_here("identity names may contain only letters, digits, '_' and '-'");
+    }
+    let provider = s.required_str("provider").and_then(|p| {
+        // When providers failed to build their own errors are already reported.
+        if providers.is_some_and(|all| !all.iter().any(|c| c.name == p)) {
+            let known: Vec<&str> = providers
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            s.error(
+                "provider",
+                format!("no [providers.{p}] is configured (configured: {known:?})"),
+            );
+            return None;
+        }
+        Some(p)
+    });
+    let role = s.opt_str("role").and_then(|r| {
+        if is_role_arn(&r) {
+            Some(r)
+        } else {
+            s.error(
+                "role",
+                format!("{r:?} is not an IAM role ARN like arn:aws:iam::123456789012:role/name"),
+            );
+            None
+        }
+    });
+    let id_file = s.opt_str("id_token_file");
+    let refresh_file = s.opt_str("refresh_token_file");
+    let poll_interval = s.duration_in(
+        "poll_interval",
+        DEFAULT_POLL_INTERVAL,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    let client_id = s.opt_str("client_id");
+    let secret_file = s.opt_str("client_secret_file");
+    let auth_text = s.opt_str("token_endpoint_auth");
+    let refresh_fraction = s.f64_in("refresh_fraction", DEFAULT_REFRESH_FRACTION, 0.1, 0.8);
+    let source = match (id_file, refresh_file) {
+        (Some(_), Some(_)) => {
+            s.error_here("set either id_token_file or refresh_token_file, not both");
+            None
+        }
+        (None, None) => {
+            s.error_here(
+                "a source is required: id_token_file (a file kept fresh by something else) or \
+                 refresh_token_file with client_id",
+            );
+            None
+        }
+        (Some(path), None) => {
+            for (key, present) in [
+                ("client_id", client_id.is_some()),
+                ("client_secret_file", secret_file.is_some()),
+                ("token_endpoint_auth", auth_text.is_some()),
+                ("refresh_fraction", s.has("refresh_fraction")),
+            ] {
+                if present {
+                    s.error(key, "only applies with refresh_token_file");
+                }
+            }
+            Some(SourceConfig::IdTokenFile {
+                path: path.into(),
+                poll_interval,
+            })
+        }
+        (None, Some(path)) => {
+            if s.has("poll_interval") {
+                s.error("poll_interval", "only applies with id_token_file");
+            }
+            let client_id = client_id.filter(|c| !c.trim().is_empty());
+            if client_id.is_none() {
+                s.error(
+                    "client_id",
+                    "required with refresh_token_file: the OAuth client the refresh token was \
+                     issued to",
+                );
+            }
+            let client_secret = secret_file.and_then(|f| match std::fs::read_to_string(&f) {
+                Ok(text) if !text.trim().is_empty() => {
+                    Some(crate::secret::SecretString::from(text.trim()))
+                }
+                Ok(_) => {
+                    s.error("client_secret_file", format!("{f:?} is empty"));
+                    None
+                }
+                Err(e) => {
+                    s.error("client_secret_file", format!("cannot read {f:?}: {e}"));
+                    None
+                }
+            });
+            let auth = match auth_text.as_deref() {
+                None | Some("client_secret_post") => ClientAuth::Post,
+                Some("client_secret_basic") => ClientAuth::Basic,
+                Some(other) => {
+                    s.error(
+                        "token_endpoint_auth",
+                        format!(
+                            "{other:?} is not \"client_secret_post\" or \"client_secret_basic\""
+                        ),
+                    );
+                    ClientAuth::Post
+                }
+            };
+            client_id.map(|client_id| SourceConfig::RefreshToken {
+                path: path.into(),
+                client_id,
+                client_secret,
+                auth,
+                refresh_fraction,
+            })
+        }
+    };
+    Some(IdentityConfig {
+        name: name.to_owned(),
+        provider: provider?,
+        role,
+        source: source?,
+    })
+}
+
+fn build_imds(
+    root: &Section<'_>,
+    identities: Option<&[IdentityConfig]>,
+    cognito: Option<&CognitoConfig>,
+) -> Option<Option<ImdsConfig>> {
+    let s = root.section("imds");
+    if !s.exists() {
+        return Some(None);
+    }
+    let allow_non_loopback = s.bool_or("allow_non_loopback", false);
+    let listen = s.socket_addr_or("listen", DEFAULT_IMDS_LISTEN, allow_non_loopback);
+    // Names from the table itself, so the check holds even when an identity has errors.
+    let known = root.section("identities").keys();
+    let identity = s.required_str("identity").and_then(|name| {
+        if !known.contains(&name) {
+            s.error(
+                "identity",
+                format!(
+                    "no [identities.{name}] is configured (configured: {known:?}); IMDS serves \
+                     one configured identity"
+                ),
+            );
+            return None;
+        }
+        Some(name)
+    });
+    let role_arn = identity
+        .as_deref()
+        .and_then(|n| identities.unwrap_or_default().iter().find(|i| i.name == n))
+        .and_then(|i| i.role.clone())
+        .or_else(|| cognito.and_then(|c| c.custom_role_arn.clone()));
+    let role_name = match s.opt_str("role_name") {
+        Some(r) => {
+            let ok = !r.is_empty()
+                && r.len() <= 64
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+            if !ok {
+                s.error(
+                    "role_name",
+                    format!("{r:?} is not an IAM role name (1-64 of A-Z a-z 0-9 +=,.@_-)"),
+                );
+            }
+            r
+        }
+        None => role_arn
+            .as_deref()
+            .and_then(|arn| arn.rsplit('/').next())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_IMDS_ROLE_NAME)
+            .to_owned(),
+    };
+    let allow_imdsv1 = s.bool_or("allow_imdsv1", false);
+    let hop_limit = s.u64_in("hop_limit", DEFAULT_IMDS_HOP_LIMIT, 1, 64);
+    let max_session_tokens = s.u64_in(
+        "max_session_tokens",
+        DEFAULT_IMDS_MAX_SESSION_TOKENS,
+        1,
+        1 << 20,
+    );
+    let min_remaining = s.duration_in(
+        "min_remaining",
+        DEFAULT_IMDS_MIN_REMAINING,
+        Duration::ZERO,
+        Duration::from_secs(55 * 60),
+    );
+    s.finish();
+    Some(Some(ImdsConfig {
+        listen: listen?,
+        allow_non_loopback,
+        identity: identity?,
+        role_name,
+        allow_imdsv1,
+        hop_limit: u32::try_from(hop_limit).ok()?,
+        max_session_tokens: usize::try_from(max_session_tokens).ok()?,
+        min_remaining,
+    }))
 }
 
 /// Parses `90s`, `20m`, `1h30m`, `500ms`, `2d`, or a bare number of seconds.
@@ -1844,6 +2168,101 @@ mod tests {
             );
         }
         assert_eq!(errors.len(), 10, "{joined}");
+    }
+
+    #[test]
+    fn identities_and_imds_get_documented_defaults() {
+        let text = format!(
+            "{MINIMAL}\n[identities.alice]\nprovider = \"auth0\"\nid_token_file = \"/run/a\"\n\n\
+             [identities.bob]\nprovider = \"auth0\"\nrole = \"arn:aws:iam::123456789012:role/team/bob-role\"\n\
+             refresh_token_file = \"/var/lib/b\"\nclient_id = \"app\"\n\n\
+             [imds]\nidentity = \"bob\"\n"
+        );
+        let c = Config::from_toml(&text).expect("valid");
+        assert_eq!(c.identities.len(), 2);
+        let alice = c
+            .identities
+            .iter()
+            .find(|i| i.name == "alice")
+            .expect("alice");
+        assert!(matches!(
+            &alice.source,
+            SourceConfig::IdTokenFile { poll_interval, .. } if *poll_interval == Duration::from_secs(5)
+        ));
+        let bob = c.identities.iter().find(|i| i.name == "bob").expect("bob");
+        assert!(matches!(
+            &bob.source,
+            SourceConfig::RefreshToken { client_secret: None, auth: ClientAuth::Post, refresh_fraction, .. }
+                if (*refresh_fraction - 0.5).abs() < 1e-9
+        ));
+        let imds = c.imds.expect("imds");
+        assert_eq!(imds.listen, "127.0.0.1:8904".parse().expect("addr"));
+        assert_eq!(imds.role_name, "bob-role", "derived from the role ARN");
+        assert_eq!(imds.hop_limit, 1);
+        assert!(!imds.allow_imdsv1);
+        assert_eq!(imds.min_remaining, Duration::from_secs(25 * 60));
+        assert!(Config::from_toml(MINIMAL).expect("valid").imds.is_none());
+    }
+
+    #[test]
+    fn identity_and_imds_problems_are_reported_at_once() {
+        let text = format!(
+            "{MINIMAL}\n[identities.a]\nprovider = \"okta\"\nid_token_file = \"/x\"\nclient_id = \"c\"\n\n\
+             [identities.b]\nprovider = \"auth0\"\nrefresh_token_file = \"/y\"\npoll_interval = \"1s\"\n\
+             client_secret_file = \"/nonexistent/credbroker/secret\"\ntoken_endpoint_auth = \"private_key_jwt\"\n\n\
+             [identities.c]\nprovider = \"auth0\"\nid_token_file = \"/x\"\nrefresh_token_file = \"/y\"\n\n\
+             [identities.d]\nprovider = \"auth0\"\n\n\
+             [imds]\nidentity = \"zed\"\nlisten = \"0.0.0.0:8904\"\nhop_limit = 0\nrole_name = \"bad/name\"\n"
+        );
+        let joined = errors_of(&Sources::from_toml(text)).join("\n");
+        for expected in [
+            "identities.a.provider: no [providers.okta] is configured",
+            "identities.a.client_id: only applies with refresh_token_file",
+            "identities.b.client_id: required with refresh_token_file",
+            "identities.b.poll_interval: only applies with id_token_file",
+            "identities.b.client_secret_file: cannot read",
+            "identities.b.token_endpoint_auth: \"private_key_jwt\" is not",
+            "identities.c: set either id_token_file or refresh_token_file, not both",
+            "identities.d: a source is required",
+            "imds.identity: no [identities.zed] is configured",
+            "imds.listen: 0.0.0.0:8904 is not a loopback address",
+            "imds.hop_limit: 0 is out of range 1..=64",
+            "imds.role_name: \"bad/name\" is not an IAM role name",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_secret_is_read_from_its_file_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("credbroker-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret-value\n").expect("write");
+        let text = format!(
+            "{MINIMAL}\n[identities.a]\nprovider = \"auth0\"\nrefresh_token_file = \"/y\"\n\
+             client_id = \"c\"\nclient_secret_file = \"{}\"\ntoken_endpoint_auth = \"client_secret_basic\"\n",
+            secret.display()
+        );
+        let c = Config::from_toml(&text).expect("valid");
+        let SourceConfig::RefreshToken {
+            client_secret,
+            auth,
+            ..
+        } = &c.identities[0].source
+        else {
+            panic!("refresh source");
+        };
+        assert_eq!(
+            client_secret.as_ref().expect("secret").expose_str(),
+            "s3cret-value"
+        );
+        assert_eq!(*auth, ClientAuth::Basic);
+        assert!(!format!("{c:?}").contains("s3cret"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

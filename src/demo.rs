@@ -5,8 +5,11 @@
 //! instructions.
 //!
 //! Promises:
-//! - everything binds loopback; the broker takes `127.0.0.1:8900` when free, else any port, and
-//!   prints what it took;
+//! - everything binds loopback; the broker takes `127.0.0.1:8900` (and `127.0.0.1:8904` for
+//!   IMDS) when free, else any ports, and prints what it took;
+//! - the demo user is also a configured identity whose refresh token (minted by the emulated
+//!   issuer, next to the token file) the broker redeems and rotates; the IMDS endpoint serves it
+//!   and the instructions print `AWS_EC2_METADATA_SERVICE_ENDPOINT`;
 //! - the token file is written atomically, mode 0600, without a trailing newline;
 //! - `--check` resolves credentials once through aws-config's default chain in a child process
 //!   whose only settings are `AWS_CONTAINER_CREDENTIALS_FULL_URI` and
@@ -32,6 +35,8 @@ pub const DEMO_CREATE_TODO: &str = r#"{"query":"mutation { createTodo(content: \
 
 /// The GraphQL body the printed `curl` sends to list the demo user's todos.
 pub const DEMO_LIST_TODOS: &str = r#"{"query":"{ listTodos { id content owner } }"}"#;
+/// The port the demo's IMDS endpoint prefers (8901/8902: emulators, 8903: gRPC).
+pub const DEMO_IMDS_PORT: u16 = 8904;
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -91,7 +96,44 @@ pub fn demo_config(
     cognito: &CognitoEmulator,
     appsync: &AppSyncEmulator,
 ) -> Result<Config, ConfigErrors> {
-    Config::from_toml(&format!(
+    Config::from_toml(&demo_toml(listen, issuer, cognito, appsync))
+}
+
+/// The demo configuration plus a configured identity for the demo user, redeeming the
+/// refresh token in `refresh_token_file`, served on the IMDS endpoint at `imds_listen`.
+pub fn demo_config_with_imds(
+    listen: SocketAddr,
+    imds_listen: SocketAddr,
+    refresh_token_file: &Path,
+    issuer: &OidcIssuer,
+    cognito: &CognitoEmulator,
+    appsync: &AppSyncEmulator,
+) -> Result<Config, ConfigErrors> {
+    let mut text = demo_toml(listen, issuer, cognito, appsync);
+    text.push_str(&format!(
+        r#"
+[identities.demo-user]
+provider = "demo"
+refresh_token_file = {file:?}
+client_id = "{audience}"
+
+[imds]
+listen = "{imds_listen}"
+identity = "demo-user"
+"#,
+        file = refresh_token_file.display().to_string(),
+        audience = issuer.audience(),
+    ));
+    Config::from_toml(&text)
+}
+
+fn demo_toml(
+    listen: SocketAddr,
+    issuer: &OidcIssuer,
+    cognito: &CognitoEmulator,
+    appsync: &AppSyncEmulator,
+) -> String {
+    format!(
         r#"
 [server]
 listen = "{listen}"
@@ -123,7 +165,7 @@ auth = "iam"
         region = cognito.region(),
         pool = cognito.identity_pool_id(),
         endpoint = cognito.endpoint_url(),
-    ))
+    )
 }
 
 /// Starts emulators and broker and writes the token file.
@@ -148,30 +190,45 @@ pub async fn start(options: &DemoOptions, clock: SharedClock) -> Result<Demo, De
     let overrides = || Overrides {
         clock: Some(clock.clone()),
         cognito: None,
+        ..Overrides::default()
     };
-    let running = match app::start(
-        demo_config(options.listen, &issuer, &cognito, &appsync)?,
-        overrides(),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(app::StartError::Bind { .. }) if options.listen.port() != 0 => {
-            let any = SocketAddr::new(options.listen.ip(), 0);
-            eprintln!(
-                "note: {} is taken; using a free port instead",
-                options.listen
-            );
-            app::start(demo_config(any, &issuer, &cognito, &appsync)?, overrides()).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-
     let token_file = options.token_file.clone().unwrap_or_else(|| {
         std::env::temp_dir()
             .join("credbroker-demo")
             .join("id-token")
     });
+    // The IMDS endpoint serves the demo user through a refresh token, as a long-running
+    // workload would; written before start so the identity is warm at once.
+    let refresh_token_file = token_file.with_file_name("refresh-token");
+    write_token(
+        &refresh_token_file,
+        &issuer.issue_refresh_token(DEMO_SUBJECT),
+    )?;
+    let config = |listen, imds| {
+        demo_config_with_imds(
+            listen,
+            imds,
+            &refresh_token_file,
+            &issuer,
+            &cognito,
+            &appsync,
+        )
+    };
+    let imds_port = if options.listen.port() == 0 {
+        0
+    } else {
+        DEMO_IMDS_PORT
+    };
+    let imds = SocketAddr::new(options.listen.ip(), imds_port);
+    let running = match app::start(config(options.listen, imds)?, overrides()).await {
+        Ok(r) => r,
+        Err(app::StartError::Bind { addr, .. }) if options.listen.port() != 0 => {
+            let any = SocketAddr::new(options.listen.ip(), 0);
+            eprintln!("note: {addr} is taken; using free ports instead");
+            app::start(config(any, any)?, overrides()).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
     write_token(&token_file, &issuer.token_for(DEMO_SUBJECT))?;
     Ok(Demo {
         issuer,
@@ -213,8 +270,15 @@ impl Demo {
              Point any AWS SDK at it (the SDK sends the token file's contents as Authorization):\n\n\
              \x20 export AWS_CONTAINER_CREDENTIALS_FULL_URI={url}\n\
              \x20 export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={file}\n\n\
+             Or through the IMDSv2-compatible endpoint (no token file; the broker keeps the demo \
+             user's refresh token in {refresh}):\n\n\
+             \x20 export AWS_EC2_METADATA_SERVICE_ENDPOINT={imds}\n\n\
              Try it:\n\n\
              \x20 curl -s -H \"Authorization: $(cat {file})\" {url}\n\
+             \x20 T=$(curl -s -X PUT -H \"X-aws-ec2-metadata-token-ttl-seconds: 300\" \
+             {imds}latest/api/token)\n\
+             \x20 curl -s -H \"X-aws-ec2-metadata-token: $T\" \
+             {imds}latest/meta-data/iam/security-credentials/credbroker\n\
              \x20 aws configure export-credentials --format env   # AWS CLI v2, with the exports above\n\
              \x20 credbroker probe                                # the Rust SDK's default chain, redacted\n\n\
              GraphQL through the broker to the emulated AppSync ({appsync}), as the demo user\n\
@@ -226,6 +290,8 @@ impl Demo {
              Ctrl-C stops everything.",
             issuer = self.issuer.issuer(),
             cognito = self.cognito.endpoint_url(),
+            imds = self.running.imds_url().unwrap_or_default(),
+            refresh = self.token_file.with_file_name("refresh-token").display(),
             appsync = self.appsync.url(),
             graphql = self.graphql_url(),
             create = DEMO_CREATE_TODO,
@@ -418,7 +484,10 @@ mod tests {
     /// What the printed curl commands do, done with an HTTP client.
     #[tokio::test]
     async fn the_printed_graphql_requests_create_and_list_a_todo() {
-        let dir = std::env::temp_dir().join(format!("credbroker-demo-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "credbroker-demo-test-graphql-{}",
+            std::process::id()
+        ));
         let options = DemoOptions {
             check: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -454,5 +523,37 @@ mod tests {
         );
         demo.stop().await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn the_demo_serves_imds_for_the_demo_user_and_says_how_to_use_it() {
+        let dir =
+            std::env::temp_dir().join(format!("credbroker-demo-test-imds-{}", std::process::id()));
+        let options = DemoOptions {
+            check: false,
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            token_file: Some(dir.join("id-token")),
+        };
+        let demo = start(&options, clock::system()).await.expect("demo starts");
+        let imds = demo.running.imds_url().expect("IMDS is served");
+        let text = demo.instructions();
+        assert!(
+            text.contains(&format!("export AWS_EC2_METADATA_SERVICE_ENDPOINT={imds}")),
+            "{text}"
+        );
+        let identity = demo
+            .running
+            .configured
+            .get("demo-user")
+            .expect("configured");
+        let status = identity.status();
+        assert!(status.problem.is_none(), "{:?}", status.problem);
+        assert_eq!(
+            status.token.expect("redeemed at start").subject.as_ref(),
+            DEMO_SUBJECT
+        );
+        assert_eq!(demo.issuer.token_stats().issued, 1);
+        demo.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

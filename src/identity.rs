@@ -641,7 +641,24 @@ impl IdentityCache {
                 .inc();
             return Err(err);
         }
-        let fetch = s.start_fetch(&self.shared, entry, token.clone(), Trigger::OnDemand);
+        let fetch = s.start_fetch(&self.shared, entry, token.clone(), Trigger::OnDemand, true);
+        fetch.await
+    }
+
+    /// Starts (or joins) an exchange for `entry` although its credentials may still be servable,
+    /// for surfaces that want more time left than `cache.min_remaining` (IMDS). Single-flight
+    /// like any exchange; a remembered failure answers without calling Cognito, and a result
+    /// that does not extend the expiry is backed off, so callers cannot make it loop.
+    pub async fn refresh(
+        &self,
+        entry: &Arc<Identity>,
+        token: &Arc<VerifiedToken>,
+    ) -> Result<Arc<Issued>, FetchError> {
+        let s = &self.shared;
+        if let Some(err) = s.remembered_failure(entry, token, s.clock.now()) {
+            return Err(err);
+        }
+        let fetch = s.start_fetch(&self.shared, entry, token.clone(), Trigger::OnDemand, false);
         fetch.await
     }
 
@@ -797,16 +814,18 @@ impl Shared {
         })
     }
 
-    /// Joins the exchange in flight for `entry`, or starts one with `token`.
+    /// Joins the exchange in flight for `entry`, or starts one with `token`. With
+    /// `reuse_servable`, servable credentials published since the caller looked are used instead.
     fn start_fetch(
         &self,
         this: &Arc<Shared>,
         entry: &Arc<Identity>,
         token: Arc<VerifiedToken>,
         trigger: Trigger,
+        reuse_servable: bool,
     ) -> Inflight {
         let mut slot = lock(&entry.inflight);
-        if trigger == Trigger::OnDemand
+        if reuse_servable
             && let Some(current) = entry.current.load_full()
             && current.servable_at(self.clock.now())
         {
@@ -1086,7 +1105,9 @@ impl Shared {
             self.schedule_idle_check(&entry, now);
             return;
         };
-        let _ = self.start_fetch(this, &entry, token, Trigger::Ahead).await;
+        let _ = self
+            .start_fetch(this, &entry, token, Trigger::Ahead, false)
+            .await;
     }
 }
 

@@ -50,4 +50,5 @@ pub mod probe;
 pub mod secret;
 pub mod server;
 pub mod signals;
+pub mod sources;
 pub mod telemetry;

@@ -289,6 +289,8 @@ struct KeySet {
     jwks: CoreJsonWebKeySet,
     kids: BTreeSet<String>,
     jwks_uri: openidconnect::JsonWebKeySetUrl,
+    /// The discovery document's `token_endpoint` (refresh-token grants).
+    token_endpoint: Option<String>,
 }
 
 /// The outcome of asking for a refetch after an unknown `kid`.
@@ -331,6 +333,14 @@ impl Provider {
     /// Whether the provider's keys have been loaded at least once.
     pub fn is_ready(&self) -> bool {
         self.keys.load().is_some()
+    }
+
+    /// The discovery document's `token_endpoint`, once discovery succeeded.
+    pub fn token_endpoint(&self) -> Option<String> {
+        self.keys
+            .load()
+            .as_ref()
+            .and_then(|k| k.token_endpoint.clone())
     }
 
     /// The last load error, if the last load failed.
@@ -399,13 +409,17 @@ impl Provider {
             let http = http.clone();
             async move { http::fetch(&http, request, timeout, MAX_DOCUMENT_BYTES).await }
         };
-        let known_uri = self.keys.load().as_ref().map(|k| k.jwks_uri.clone());
-        let (jwks, jwks_uri) = match known_uri {
-            Some(uri) => {
+        let known = self
+            .keys
+            .load()
+            .as_ref()
+            .map(|k| (k.jwks_uri.clone(), k.token_endpoint.clone()));
+        let (jwks, jwks_uri, token_endpoint) = match known {
+            Some((uri, token_endpoint)) => {
                 let jwks = CoreJsonWebKeySet::fetch_async(&uri, &client)
                     .await
                     .map_err(|e| format!("fetching {} failed: {}", uri.as_str(), describe(&e)))?;
-                (jwks, uri)
+                (jwks, uri, token_endpoint)
             }
             None => {
                 let issuer = IssuerUrl::new(self.config.issuer.clone())
@@ -424,7 +438,11 @@ impl Provider {
                             format!("OIDC discovery failed: {text}")
                         }
                     })?;
-                (metadata.jwks().clone(), metadata.jwks_uri().clone())
+                (
+                    metadata.jwks().clone(),
+                    metadata.jwks_uri().clone(),
+                    metadata.token_endpoint().map(|u| u.as_str().to_owned()),
+                )
             }
         };
         let kids = jwks
@@ -436,6 +454,7 @@ impl Provider {
             jwks,
             kids,
             jwks_uri,
+            token_endpoint,
         })
     }
 

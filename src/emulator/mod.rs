@@ -46,6 +46,7 @@
 
 pub mod appsync;
 pub mod cognito;
+pub mod grants;
 mod jwt;
 pub mod oidc;
 

@@ -17,8 +17,13 @@
 //! - Keys are embedded PEM files parsed once per process, never generated at run time.
 //! - Time comes only from the injected clock. Tokens are never logged.
 //!
-//! The router is built in one place (`routes`) so further endpoints (a token endpoint with the
-//! refresh-token grant) can be added beside the existing ones.
+//! - `POST /oauth/token` (advertised as `token_endpoint`) implements `grant_type=refresh_token`
+//!   with rotation and family revocation on reuse ([`super::grants`]); client authentication by
+//!   client_secret_post or client_secret_basic; ID tokens it returns are for the client and live
+//!   [`IssuerOptions::token_lifetime`]. The same grant is callable in process through
+//!   [`crate::sources::refresh::TokenEndpoint`], for paused-time tests.
+//!
+//! The router is built in one place (`routes`).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 
+use super::grants::{GrantBook, OAuthError, TokenEndpointStats};
 use super::jwt::{self, Header, Signer};
 use super::{ServerHandle, default_listen, serve};
 use crate::clock::{SharedClock, unix_seconds};
@@ -64,9 +70,12 @@ pub struct IssuerOptions {
     pub audience: String,
     /// Whether the issuer URL ends with `/`, as Auth0's does. Default `true`.
     pub trailing_slash: bool,
-    /// Lifetime of minted tokens unless a [`TokenSpec`] says otherwise. Default 10 hours
-    /// (Auth0's default ID-token lifetime).
+    /// Lifetime of minted tokens unless a [`TokenSpec`] says otherwise, including ID tokens
+    /// from the token endpoint. Default 10 hours (Auth0's default ID-token lifetime).
     pub token_lifetime: Duration,
+    /// Whether the token endpoint rotates refresh tokens (reuse then revokes the family).
+    /// Default `true`.
+    pub rotate_refresh_tokens: bool,
 }
 
 impl Default for IssuerOptions {
@@ -76,6 +85,7 @@ impl Default for IssuerOptions {
             audience: DEFAULT_AUDIENCE.to_owned(),
             trailing_slash: true,
             token_lifetime: Duration::from_secs(10 * 3600),
+            rotate_refresh_tokens: true,
         }
     }
 }
@@ -191,9 +201,14 @@ impl OidcIssuer {
         } else {
             base_url.clone()
         };
+        let grants = Mutex::new(GrantBook::new(
+            &options.audience,
+            options.rotate_refresh_tokens,
+        ));
         let state = Arc::new(IssuerState {
             issuer,
             base_url,
+            grants,
             audience: options.audience,
             token_lifetime: options.token_lifetime,
             clock,
@@ -293,7 +308,40 @@ impl OidcIssuer {
         }
     }
 
-    /// While `down`, discovery and JWKS answer `503 Service Unavailable`.
+    /// Registers a client at the token endpoint; with a `secret` it must authenticate
+    /// (client_secret_post or client_secret_basic). The default audience is a public client.
+    pub fn register_client(&self, client_id: &str, secret: Option<&str>) {
+        self.state.grants().register_client(client_id, secret);
+    }
+
+    /// Issues the first refresh token of a new family for `sub`, for the default client (what
+    /// a login with `offline_access` would return).
+    pub fn issue_refresh_token(&self, sub: &str) -> String {
+        let client = self.state.audience.clone();
+        self.state.grants().issue(sub, &client)
+    }
+
+    /// Issues the first refresh token of a new family for `sub` and `client_id`.
+    pub fn issue_refresh_token_for(&self, sub: &str, client_id: &str) -> String {
+        self.state.grants().issue(sub, client_id)
+    }
+
+    /// Revokes the family of `refresh_token` (logout everywhere). False when unknown.
+    pub fn revoke_refresh_family(&self, refresh_token: &str) -> bool {
+        self.state.grants().revoke_family_of(refresh_token)
+    }
+
+    /// Token endpoint counters.
+    pub fn token_stats(&self) -> TokenEndpointStats {
+        self.state.grants().stats()
+    }
+
+    /// The token endpoint's URL (the discovery document's `token_endpoint`).
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth/token", self.state.base_url)
+    }
+
+    /// While `down`, discovery, JWKS and the token endpoint answer `503 Service Unavailable`.
     pub fn set_unavailable(&self, down: bool) {
         self.state.unavailable.store(down, Ordering::Relaxed);
     }
@@ -336,9 +384,59 @@ pub(crate) struct IssuerState {
     unavailable: AtomicBool,
     discovery_requests: AtomicU64,
     jwks_requests: AtomicU64,
+    /// Clients and refresh-token families of the token endpoint.
+    grants: Mutex<GrantBook>,
 }
 
 impl IssuerState {
+    fn grants(&self) -> MutexGuard<'_, GrantBook> {
+        self.grants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One `grant_type=refresh_token` request, already client-authenticated by the caller's
+    /// transport: the JSON body of a 200, or the OAuth error.
+    fn token_grant(
+        &self,
+        client_id: Option<&str>,
+        secret: Option<&str>,
+        grant_type: Option<&str>,
+        refresh_token: Option<&str>,
+    ) -> Result<Value, OAuthError> {
+        let mut book = self.grants();
+        book.count_request();
+        if grant_type != Some("refresh_token") {
+            return Err(OAuthError {
+                status: 400,
+                error: "unsupported_grant_type",
+                description: "Only grant_type=refresh_token is emulated.".to_owned(),
+            });
+        }
+        let (Some(client_id), Some(refresh_token)) = (client_id, refresh_token) else {
+            return Err(OAuthError {
+                status: 400,
+                error: "invalid_request",
+                description: "Missing required parameter: client_id or refresh_token".to_owned(),
+            });
+        };
+        let granted = book.redeem(client_id, secret, refresh_token)?;
+        drop(book);
+        let id_token = self.mint(&TokenSpec {
+            audience: vec![granted.client_id.clone()],
+            ..TokenSpec::for_subject(granted.sub)
+        });
+        let mut body = json!({
+            "access_token": random_sid(),
+            "id_token": id_token,
+            "scope": "openid profile email offline_access",
+            "expires_in": 86400,
+            "token_type": "Bearer",
+        });
+        if let Some(rt) = granted.refresh_token {
+            body["refresh_token"] = Value::from(rt);
+        }
+        Ok(body)
+    }
+
     fn keys(&self) -> MutexGuard<'_, KeyRing> {
         // A panic while holding this lock leaves the ring consistent (every mutation is a
         // single push or retain), so a poisoned lock is safe to reuse.
@@ -662,6 +760,7 @@ fn routes(state: Arc<IssuerState>) -> Router {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/_emulator/mint", post(mint))
+        .route("/oauth/token", post(token))
         .with_state(state)
 }
 
@@ -696,6 +795,119 @@ async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
         return unavailable();
     }
     cached_json(state.jwks_json())
+}
+
+fn oauth_error(e: &OAuthError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(json!({ "error": e.error, "error_description": e.description })),
+    )
+        .into_response()
+}
+
+/// `POST /oauth/token` (form-encoded), client_secret_post or client_secret_basic.
+async fn token(
+    State(state): State<Arc<IssuerState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    if state.unavailable.load(Ordering::Relaxed) {
+        state.grants().count_request();
+        return unavailable();
+    }
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim()).ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|pair| {
+            let (id, secret) = pair.split_once(':')?;
+            let dec = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            Some((dec(id), dec(secret)))
+        });
+    let (client_id, secret) = match &basic {
+        Some((id, secret)) => (Some(id.as_str()), Some(secret.as_str())),
+        None => (
+            form.get("client_id").map(String::as_str),
+            form.get("client_secret").map(String::as_str),
+        ),
+    };
+    match state.token_grant(
+        client_id,
+        secret,
+        form.get("grant_type").map(String::as_str),
+        form.get("refresh_token").map(String::as_str),
+    ) {
+        Ok(body) => ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response(),
+        Err(e) => oauth_error(&e),
+    }
+}
+
+impl crate::sources::refresh::TokenEndpoint for OidcIssuer {
+    /// The token endpoint called in process (no socket), so paused-time tests stay exact.
+    fn refresh<'a>(
+        &'a self,
+        request: crate::sources::refresh::RefreshRequest<'a>,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<crate::sources::refresh::TokenResponse, crate::sources::refresh::GrantError>,
+    > {
+        use crate::secret::SecretString;
+        use crate::sources::refresh::{GrantError, GrantErrorKind, TokenResponse};
+        Box::pin(async move {
+            if self.state.unavailable.load(Ordering::Relaxed) {
+                self.state.grants().count_request();
+                return Err(GrantError {
+                    kind: GrantErrorKind::Unavailable,
+                    message: "HTTP 503".to_owned(),
+                });
+            }
+            let result = self.state.token_grant(
+                Some(request.client_id),
+                request.client_secret.map(SecretString::expose_str),
+                Some("refresh_token"),
+                Some(request.refresh_token.expose_str()),
+            );
+            match result {
+                Ok(body) => {
+                    let field = |name: &str| {
+                        body.get(name)
+                            .and_then(Value::as_str)
+                            .map(SecretString::from)
+                    };
+                    Ok(TokenResponse {
+                        id_token: field("id_token"),
+                        refresh_token: field("refresh_token"),
+                    })
+                }
+                Err(e) => {
+                    let body = json!({ "error": e.error, "error_description": e.description });
+                    match crate::sources::refresh::parse_token_response(
+                        e.status,
+                        body.to_string().as_bytes(),
+                    ) {
+                        Err(e) => Err(e),
+                        Ok(_) => Err(GrantError {
+                            kind: GrantErrorKind::Rejected,
+                            message: e.error.to_owned(),
+                        }),
+                    }
+                }
+            }
+        })
+    }
 }
 
 /// Body of `POST /_emulator/mint`.

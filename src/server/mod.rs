@@ -15,6 +15,7 @@
 
 pub mod appsync;
 pub mod container;
+pub mod imds;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +66,18 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
+    serve_with(listener, router, limits, shutdown, |_| {}).await;
+}
+
+/// [`serve`], calling `on_accept` on each accepted connection before serving it (socket
+/// options such as the IMDS hop limit).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    on_accept: impl Fn(&tokio::net::TcpStream) + Send + 'static,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -91,6 +104,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        on_accept(&stream);
         let service = TowerToHyperService::new(router.clone());
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);

@@ -18,6 +18,7 @@ use credbroker::config::Config;
 use credbroker::emulator::appsync::{AppSyncEmulator, AppSyncOptions};
 use credbroker::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
 use credbroker::emulator::oidc::{IssuerOptions, OidcIssuer};
+use credbroker::sources::refresh::TokenEndpoint;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -38,7 +39,17 @@ pub struct Tweaks {
     /// Start an emulated AppSync (both auth modes) and configure it as APIs `oidc` (default),
     /// `iam` and `readonly` (oidc, queries only); the string is extra `[appsync]` TOML.
     pub appsync: Option<String>,
+    /// Raw TOML appended to the configuration (`[identities.*]`, `[imds]`); `{dir}` is
+    /// replaced with the harness's temporary directory.
+    pub extra: String,
+    /// Call the emulated issuer's token endpoint in process (paused-time tests).
+    pub in_process_issuer: bool,
+    /// Runs after the emulators start and before the broker does (write token files).
+    pub setup: Option<Setup>,
 }
+
+/// See [`Tweaks::setup`].
+pub type Setup = Arc<dyn Fn(&OidcIssuer, &Path) + Send + Sync>;
 
 pub struct Harness {
     pub issuer: OidcIssuer,
@@ -48,6 +59,9 @@ pub struct Harness {
     pub clock: SharedClock,
     pub http: Client<HttpConnector, Full<Bytes>>,
     pub dir: PathBuf,
+    /// The configuration text, for [`Harness::restart`].
+    pub config_text: String,
+    tweaks: Tweaks,
 }
 
 pub fn config_toml(issuer: &OidcIssuer, cognito: &CognitoEmulator, t: &Tweaks) -> String {
@@ -146,35 +160,73 @@ impl Harness {
             ),
             None => None,
         };
-        let mut toml = config_toml(&issuer, &cognito, &t);
-        if let (Some(extra), Some(emu)) = (&t.appsync, &appsync) {
-            toml.push_str(&appsync_toml(emu, extra));
+        let dir = tempdir();
+        if let Some(setup) = &t.setup {
+            setup(&issuer, &dir);
         }
-        let config = Config::from_toml(&toml).expect("valid config");
-        let api: Option<Arc<dyn CognitoApi>> = if t.in_process_cognito {
-            Some(Arc::new(cognito.clone()))
+        let mut config_text = config_toml(&issuer, &cognito, &t);
+        if let (Some(extra), Some(emu)) = (&t.appsync, &appsync) {
+            config_text.push_str(&appsync_toml(emu, extra));
+        }
+        config_text.push_str(&t.extra.replace("{dir}", &dir.to_string_lossy()));
+        let mut h = Self {
+            issuer,
+            cognito,
+            appsync,
+            running: None,
+            clock,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            dir,
+            config_text,
+            tweaks: t,
+        };
+        h.boot().await;
+        h
+    }
+
+    async fn boot(&mut self) {
+        let config = Config::from_toml(&self.config_text).expect("valid config");
+        let api: Option<Arc<dyn CognitoApi>> = if self.tweaks.in_process_cognito {
+            Some(Arc::new(self.cognito.clone()))
+        } else {
+            None
+        };
+        let token_endpoint: Option<Arc<dyn TokenEndpoint>> = if self.tweaks.in_process_issuer {
+            Some(Arc::new(self.issuer.clone()))
         } else {
             None
         };
         let running = app::start(
             config,
             Overrides {
-                clock: Some(clock.clone()),
+                clock: Some(self.clock.clone()),
                 cognito: api,
+                token_endpoint,
             },
         )
         .await
         .expect("broker starts");
-        let dir = tempdir();
-        Self {
-            issuer,
-            cognito,
-            appsync,
-            running: Some(running),
-            clock,
-            http: Client::builder(TokioExecutor::new()).build_http(),
-            dir,
+        self.running = Some(running);
+    }
+
+    /// Stops the broker only (emulators and files stay).
+    pub async fn stop_broker(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
         }
+    }
+
+    /// Stops the broker and starts a new one with the same configuration, files and emulators.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        self.boot().await;
+    }
+
+    /// `http://127.0.0.1:PORT/` of the IMDS endpoint.
+    pub fn imds_url(&self) -> String {
+        self.running().imds_url().expect("[imds] configured")
     }
 
     pub fn running(&self) -> &Running {

@@ -582,7 +582,7 @@ impl IdentityCache {
     pub fn key_for(&self, token: &VerifiedToken, role: Option<&str>) -> IdentityKey {
         IdentityKey {
             pool: self.shared.exchanger.identity_pool_id().clone(),
-            issuer: token.provider.config.issuer.as_str().into(),
+            issuer: token.provider.issuer().clone(),
             subject: token.subject.clone(),
             role: role.map(Into::into),
         }

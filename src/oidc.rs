@@ -270,6 +270,9 @@ impl TokenError {
 pub struct Provider {
     /// Its configuration.
     pub config: ProviderConfig,
+    /// `config.issuer`, shared by every identity key of this provider, so building a key on the
+    /// hot path copies a pointer instead of allocating.
+    issuer: Arc<str>,
     keys: ArcSwapOption<KeySet>,
     http: HttpsClient,
     timeout: Duration,
@@ -317,6 +320,7 @@ impl Provider {
         metrics: Metrics,
     ) -> Self {
         Self {
+            issuer: config.issuer.as_str().into(),
             config,
             keys: ArcSwapOption::empty(),
             http,
@@ -328,6 +332,11 @@ impl Provider {
             withdrawals: AtomicU64::new(0),
             metrics,
         }
+    }
+
+    /// The issuer (`config.issuer`) as a shared string.
+    pub fn issuer(&self) -> &Arc<str> {
+        &self.issuer
     }
 
     /// Whether the provider's keys have been loaded at least once.

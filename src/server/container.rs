@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -101,13 +101,10 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, NotAscii> {
     Ok(token)
 }
 
-async fn credentials(
-    State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
+async fn credentials(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
-    let response = answer(&state, &method, &headers).await;
+    // The request by value: the `HeaderMap` extractor would clone every header per request.
+    let response = answer(&state, request.method(), request.headers()).await;
     let metrics = &state.broker.metrics;
     if response.status() == StatusCode::OK {
         metrics.hot.container_ok.inc();

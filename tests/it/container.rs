@@ -187,3 +187,19 @@ async fn ipv6_loopback_works_with_the_sdk() {
     running.stop().await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn identity_keys_share_the_providers_issuer_instead_of_copying_it() {
+    let h = Harness::start().await;
+    let token = h.issuer.token_for("auth0|keyed");
+    let broker = &h.running().broker;
+    let verified = broker.validator.validate(&token).await.expect("valid");
+    let key = broker.identities.key_for(&verified, None);
+    assert_eq!(&*key.issuer, h.issuer.issuer());
+    assert!(
+        std::sync::Arc::ptr_eq(&key.issuer, verified.provider.issuer()),
+        "the hot path builds keys without allocating the issuer"
+    );
+    assert_eq!(key, broker.identities.key_for(&verified, None));
+    h.stop().await;
+}

@@ -28,6 +28,11 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use url::Url;
 
+mod grpc;
+mod sessions;
+pub use grpc::GrpcConfig;
+pub use sessions::SessionsConfig;
+
 /// Prefix of environment variables that override settings.
 pub const ENV_PREFIX: &str = "CREDBROKER";
 /// Environment variable naming the config file (read by the CLI, not treated as a setting).
@@ -82,6 +87,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The gRPC API (off unless a transport is configured).
+    pub grpc: GrpcConfig,
+    /// Sessions (opaque handles standing for a verified ID token).
+    pub sessions: SessionsConfig,
 }
 
 /// The container-credentials HTTP listener.
@@ -404,6 +413,8 @@ fn build(root: &Section<'_>) -> Option<Config> {
     let cognito = finished(root.section("cognito"), build_cognito);
     let cache = finished(root.section("cache"), build_cache);
     let log = finished(root.section("log"), build_log);
+    let grpc = finished(root.section("grpc"), grpc::build_grpc);
+    let sessions = finished(root.section("sessions"), sessions::build_sessions);
     Some(Config {
         server: server?,
         tokens: tokens?,
@@ -411,6 +422,8 @@ fn build(root: &Section<'_>) -> Option<Config> {
         cognito: cognito?,
         cache: cache?,
         log: log?,
+        grpc: grpc?,
+        sessions: sessions?,
     })
 }
 
@@ -807,7 +820,7 @@ fn is_uuid(u: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn is_role_arn(arn: &str) -> bool {
+pub(crate) fn is_role_arn(arn: &str) -> bool {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     parts.len() == 6
         && parts[0] == "arn"

@@ -48,6 +48,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The gRPC API could not start.
+    #[error(transparent)]
+    Grpc(#[from] crate::grpc::GrpcStartError),
 }
 
 /// A started broker.
@@ -56,6 +59,8 @@ pub struct Running {
     pub container_addr: SocketAddr,
     /// The broker (for in-process inspection).
     pub broker: Arc<Broker>,
+    /// Where gRPC is served (empty when `[grpc]` configures no transport).
+    pub grpc: crate::grpc::GrpcAddrs,
     config: Arc<Config>,
     shutdown: CancellationToken,
     listeners: TaskTracker,
@@ -105,14 +110,17 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         clock.clone(),
         metrics.clone(),
     );
-    let broker = Arc::new(Broker::new(
-        validator.clone(),
-        identities.clone(),
-        metrics,
-        clock,
-        config.server.max_pending_exchanges,
-        config.cognito.custom_role_arn.as_deref(),
-    ));
+    let broker = Arc::new(
+        Broker::new(
+            validator.clone(),
+            identities.clone(),
+            metrics,
+            clock,
+            config.server.max_pending_exchanges,
+            config.cognito.custom_role_arn.as_deref(),
+        )
+        .with_sessions(&config.sessions),
+    );
 
     let addr = config.server.listen;
     let listener = server::bind(addr)
@@ -127,10 +135,20 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
 
     listeners.spawn(server::serve(
         listener,
-        container::router(broker.clone(), config.server.request_timeout),
+        container::router(broker.clone(), config.server.request_timeout).merge(
+            server::sessions::router(broker.clone(), config.server.request_timeout),
+        ),
         Limits::from_config(&config.server),
         shutdown.clone(),
     ));
+    let grpc = match crate::grpc::start(&config, broker.clone(), shutdown.clone(), &listeners).await
+    {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            shutdown.cancel();
+            return Err(e.into());
+        }
+    };
     background.spawn(validator.maintain(background_stop.clone()));
     background.spawn(identities.run_scheduler(background_stop.clone()));
     listeners.close();
@@ -138,6 +156,8 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
 
     tracing::info!(
         listen = %container_addr,
+        grpc = ?grpc.tcp,
+        grpc_socket = ?grpc.unix,
         providers = ?provider_names,
         identity_pool_id = %config.cognito.identity_pool_id,
         "credbroker is serving"
@@ -145,6 +165,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
     Ok(Running {
         container_addr,
         broker,
+        grpc,
         config,
         shutdown,
         listeners,

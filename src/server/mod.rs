@@ -14,6 +14,7 @@
 //!   Code/Message crashes botocore), plus `Retry-After` when retrying helps.
 
 pub mod container;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

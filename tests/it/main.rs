@@ -4,8 +4,10 @@
 mod bad_tokens;
 mod cognito_errors;
 mod container;
+mod grpc;
 mod jwks;
 mod logs;
 mod refresh;
+mod sessions;
 mod single_flight;
 mod support;

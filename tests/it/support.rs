@@ -30,6 +30,11 @@ pub struct Tweaks {
     pub cache: String,
     pub cognito: String,
     pub provider: String,
+    /// `[grpc]` and `[sessions]` settings.
+    pub grpc: String,
+    pub sessions: String,
+    /// Start with the issuer unreachable (the provider is not ready at start).
+    pub issuer_down_at_start: bool,
     /// Use the emulator in-process instead of the SDK over HTTP (paused-time tests).
     pub in_process_cognito: bool,
     pub cognito_options: Option<CognitoOptions>,
@@ -68,6 +73,12 @@ endpoint_url = "{endpoint}"
 
 [cache]
 {cache}
+
+[grpc]
+{grpc}
+
+[sessions]
+{sessions}
 "#,
         server = t.server,
         tokens = t.tokens,
@@ -79,6 +90,8 @@ endpoint_url = "{endpoint}"
         endpoint = cognito.endpoint_url(),
         cognito_extra = t.cognito,
         cache = t.cache,
+        grpc = t.grpc,
+        sessions = t.sessions,
     )
 }
 
@@ -101,6 +114,7 @@ impl Harness {
         )
         .await
         .expect("cognito");
+        issuer.set_unavailable(t.issuer_down_at_start);
         let config = Config::from_toml(&config_toml(&issuer, &cognito, &t)).expect("valid config");
         let api: Option<Arc<dyn CognitoApi>> = if t.in_process_cognito {
             Some(Arc::new(cognito.clone()))
@@ -154,6 +168,16 @@ impl Harness {
         let path = self.dir.join(name);
         credbroker::fsutil::write_atomic(&path, token.as_bytes()).expect("token file");
         path
+    }
+
+    /// A gRPC channel to the broker's TCP gRPC listener.
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        let addr = self.running().grpc.tcp.expect("grpc.listen is configured");
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("gRPC connects")
     }
 
     pub fn get_id_calls(&self) -> u64 {

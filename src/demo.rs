@@ -22,6 +22,9 @@ use crate::config::{Config, ConfigErrors};
 use crate::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
 use crate::emulator::oidc::{IssuerOptions, OidcIssuer};
 
+/// The demo's gRPC port (next to the container endpoint's 8900; 8901/8902 are the emulators').
+pub const DEMO_GRPC_PORT: u16 = 8903;
+
 /// The demo user's subject.
 pub const DEMO_SUBJECT: &str = "auth0|demo-user";
 
@@ -85,6 +88,9 @@ pub fn demo_config(
 [server]
 listen = "{listen}"
 
+[grpc]
+listen = "{grpc}"
+
 [providers.demo]
 issuer = "{issuer}"
 audiences = ["{audience}"]
@@ -94,6 +100,15 @@ region = "{region}"
 identity_pool_id = "{pool}"
 endpoint_url = "{endpoint}"
 "#,
+        // Port 0 for the container endpoint means "any free port" for gRPC too.
+        grpc = SocketAddr::new(
+            listen.ip(),
+            if listen.port() == 0 {
+                0
+            } else {
+                DEMO_GRPC_PORT
+            }
+        ),
         issuer = issuer.issuer(),
         audience = issuer.audience(),
         region = cognito.region(),
@@ -182,9 +197,27 @@ impl Demo {
              \x20 curl -s -H \"Authorization: $(cat {file})\" {url}\n\
              \x20 aws configure export-credentials --format env   # AWS CLI v2, with the exports above\n\
              \x20 credbroker probe                                # the Rust SDK's default chain, redacted\n\n\
-             Ctrl-C stops everything.",
+             {grpc}Ctrl-C stops everything.",
             issuer = self.issuer.issuer(),
             cognito = self.cognito.endpoint_url(),
+            grpc = self.grpc_instructions(),
+        )
+    }
+
+    /// The gRPC part of the instructions (empty when gRPC is off).
+    fn grpc_instructions(&self) -> String {
+        let Some(addr) = self.running.grpc.tcp else {
+            return String::new();
+        };
+        let file = self.token_file.display();
+        let exchange = format!(
+            r#"grpcurl -plaintext -d "{{\"id_token\": \"$(cat {file})\"}}" {addr} credbroker.v1.Broker/Exchange"#
+        );
+        format!(
+            "The gRPC API (credbroker.v1.Broker, with health and reflection) is at \
+             grpc://{addr}:\n\n\
+             \x20 grpcurl -plaintext {addr} list\n\
+             \x20 {exchange}\n\n"
         )
     }
 

@@ -54,6 +54,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The gRPC API could not start.
+    #[error(transparent)]
+    Grpc(#[from] crate::grpc::GrpcStartError),
 }
 
 /// A started broker.
@@ -66,6 +69,8 @@ pub struct Running {
     pub imds_addr: Option<SocketAddr>,
     /// The identities configured in `[identities.*]`.
     pub configured: Arc<Configured>,
+    /// Where gRPC is served (empty when `[grpc]` configures no transport).
+    pub grpc: crate::grpc::GrpcAddrs,
     config: Arc<Config>,
     shutdown: CancellationToken,
     listeners: TaskTracker,
@@ -115,14 +120,17 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         clock.clone(),
         metrics.clone(),
     );
-    let broker = Arc::new(Broker::new(
-        validator.clone(),
-        identities.clone(),
-        metrics,
-        clock,
-        config.server.max_pending_exchanges,
-        config.cognito.custom_role_arn.as_deref(),
-    ));
+    let broker = Arc::new(
+        Broker::new(
+            validator.clone(),
+            identities.clone(),
+            metrics,
+            clock,
+            config.server.max_pending_exchanges,
+            config.cognito.custom_role_arn.as_deref(),
+        )
+        .with_sessions(&config.sessions),
+    );
 
     let addr = config.server.listen;
     let listener = server::bind(addr)
@@ -149,16 +157,27 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
 
     listeners.spawn(server::serve(
         listener,
-        container::router(broker.clone(), config.server.request_timeout).merge(
-            server::appsync::router(
+        container::router(broker.clone(), config.server.request_timeout)
+            .merge(server::appsync::router(
                 broker.clone(),
                 &config.appsync,
                 config.server.request_timeout,
-            ),
-        ),
+            ))
+            .merge(server::sessions::router(
+                broker.clone(),
+                config.server.request_timeout,
+            )),
         Limits::from_config(&config.server),
         shutdown.clone(),
     ));
+    let grpc = match crate::grpc::start(&config, broker.clone(), shutdown.clone(), &listeners).await
+    {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            shutdown.cancel();
+            return Err(e.into());
+        }
+    };
     background.spawn(validator.clone().maintain(background_stop.clone()));
     background.spawn(identities.clone().run_scheduler(background_stop.clone()));
 
@@ -264,6 +283,8 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
 
     tracing::info!(
         listen = %container_addr,
+        grpc = ?grpc.tcp,
+        grpc_socket = ?grpc.unix,
         providers = ?provider_names,
         identity_pool_id = %config.cognito.identity_pool_id,
         "credbroker is serving"
@@ -273,6 +294,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         broker,
         imds_addr,
         configured,
+        grpc,
         config,
         shutdown,
         listeners,

@@ -28,6 +28,11 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use url::Url;
 
+mod grpc;
+mod sessions;
+pub use grpc::GrpcConfig;
+pub use sessions::SessionsConfig;
+
 /// Prefix of environment variables that override settings.
 pub const ENV_PREFIX: &str = "CREDBROKER";
 /// Environment variable naming the config file (read by the CLI, not treated as a setting).
@@ -93,6 +98,10 @@ pub struct Config {
     pub identities: Vec<IdentityConfig>,
     /// The IMDSv2-compatible endpoint (`[imds]`), when configured.
     pub imds: Option<ImdsConfig>,
+    /// The gRPC API (off unless a transport is configured).
+    pub grpc: GrpcConfig,
+    /// Sessions (opaque handles standing for a verified ID token).
+    pub sessions: SessionsConfig,
 }
 
 /// The container-credentials HTTP listener.
@@ -504,6 +513,8 @@ fn build(root: &Section<'_>) -> Option<Config> {
     let appsync = finished(root.section("appsync"), build_appsync);
     let identities = build_identities(root, providers.as_deref());
     let imds = build_imds(root, identities.as_deref(), cognito.as_ref());
+    let grpc = finished(root.section("grpc"), grpc::build_grpc);
+    let sessions = finished(root.section("sessions"), sessions::build_sessions);
     Some(Config {
         server: server?,
         tokens: tokens?,
@@ -514,6 +525,8 @@ fn build(root: &Section<'_>) -> Option<Config> {
         appsync: appsync?,
         identities: identities?,
         imds: imds?,
+        grpc: grpc?,
+        sessions: sessions?,
     })
 }
 
@@ -910,7 +923,7 @@ fn is_uuid(u: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn is_role_arn(arn: &str) -> bool {
+pub(crate) fn is_role_arn(arn: &str) -> bool {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     parts.len() == 6
         && parts[0] == "arn"

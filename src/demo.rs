@@ -27,6 +27,9 @@ use crate::emulator::appsync::{AppSyncEmulator, AppSyncOptions};
 use crate::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
 use crate::emulator::oidc::{IssuerOptions, OidcIssuer};
 
+/// The demo's gRPC port (next to the container endpoint's 8900; 8901/8902 are the emulators').
+pub const DEMO_GRPC_PORT: u16 = 8903;
+
 /// The demo user's subject.
 pub const DEMO_SUBJECT: &str = "auth0|demo-user";
 
@@ -138,6 +141,9 @@ fn demo_toml(
 [server]
 listen = "{listen}"
 
+[grpc]
+listen = "{grpc}"
+
 [providers.demo]
 issuer = "{issuer}"
 audiences = ["{audience}"]
@@ -160,6 +166,15 @@ auth = "iam"
 "#,
         appsync = appsync.url(),
         appsync_region = appsync.region(),
+        // Port 0 for the container endpoint means "any free port" for gRPC too.
+        grpc = SocketAddr::new(
+            listen.ip(),
+            if listen.port() == 0 {
+                0
+            } else {
+                DEMO_GRPC_PORT
+            }
+        ),
         issuer = issuer.issuer(),
         audience = issuer.audience(),
         region = cognito.region(),
@@ -287,7 +302,7 @@ impl Demo {
              \x20   -d '{create}' {graphql}\n\
              \x20 curl -s -H \"Authorization: $(cat {file})\" -H 'Content-Type: application/json' \\\n\
              \x20   -d '{list}' {graphql}\n\n\
-             Ctrl-C stops everything.",
+             {grpc}Ctrl-C stops everything.",
             issuer = self.issuer.issuer(),
             cognito = self.cognito.endpoint_url(),
             imds = self.running.imds_url().unwrap_or_default(),
@@ -296,6 +311,7 @@ impl Demo {
             graphql = self.graphql_url(),
             create = DEMO_CREATE_TODO,
             list = DEMO_LIST_TODOS,
+            grpc = self.grpc_instructions(),
         )
     }
 
@@ -305,6 +321,23 @@ impl Demo {
             "http://{}{}",
             self.running.container_addr,
             crate::server::appsync::DEFAULT_GRAPHQL_PATH
+        )
+    }
+
+    /// The gRPC part of the instructions (empty when gRPC is off).
+    fn grpc_instructions(&self) -> String {
+        let Some(addr) = self.running.grpc.tcp else {
+            return String::new();
+        };
+        let file = self.token_file.display();
+        let exchange = format!(
+            r#"grpcurl -plaintext -d "{{\"id_token\": \"$(cat {file})\"}}" {addr} credbroker.v1.Broker/Exchange"#
+        );
+        format!(
+            "The gRPC API (credbroker.v1.Broker, with health and reflection) is at \
+             grpc://{addr}:\n\n\
+             \x20 grpcurl -plaintext {addr} list\n\
+             \x20 {exchange}\n\n"
         )
     }
 

@@ -1005,3 +1005,46 @@ impl Validator {
         })
     }
 }
+
+/// A verified token for unit tests elsewhere in the crate (no signature involved).
+#[cfg(test)]
+pub(crate) fn test_token(
+    issuer: &str,
+    subject: &str,
+    expires_at: SystemTime,
+) -> Arc<VerifiedToken> {
+    let tokens = TokenConfig {
+        max_token_bytes: 8192,
+        leeway: Duration::from_secs(60),
+        verified_cache_capacity: 16,
+        jwks_refetch_interval: Duration::from_secs(30),
+        jwks_refresh_interval: Duration::from_secs(3600),
+        oidc_timeout: Duration::from_secs(1),
+        min_token_validity: Duration::from_secs(60),
+    };
+    let config = ProviderConfig {
+        name: "test".to_owned(),
+        issuer: issuer.to_owned(),
+        audiences: vec!["client".to_owned()],
+        algorithms: vec![Algorithm::Rs256],
+        logins_key: crate::config::derive_logins_key(issuer),
+    };
+    let provider = Arc::new(Provider::new(
+        config,
+        &tokens,
+        http::client(tokens.oidc_timeout),
+        Metrics::new(&[]),
+    ));
+    let raw = format!(
+        "test-token-for-{subject}-{}",
+        clock::unix_millis(expires_at)
+    );
+    Arc::new(VerifiedToken {
+        provider,
+        subject: subject.into(),
+        expires_at,
+        digest: Sha256::digest(raw.as_bytes()).into(),
+        raw: raw.into(),
+        generation: 0,
+    })
+}

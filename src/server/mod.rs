@@ -16,6 +16,7 @@
 pub mod appsync;
 pub mod container;
 pub mod imds;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

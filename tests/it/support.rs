@@ -32,6 +32,11 @@ pub struct Tweaks {
     pub cache: String,
     pub cognito: String,
     pub provider: String,
+    /// `[grpc]` and `[sessions]` settings.
+    pub grpc: String,
+    pub sessions: String,
+    /// Start with the issuer unreachable (the provider is not ready at start).
+    pub issuer_down_at_start: bool,
     /// Use the emulator in-process instead of the SDK over HTTP (paused-time tests).
     pub in_process_cognito: bool,
     pub cognito_options: Option<CognitoOptions>,
@@ -87,6 +92,12 @@ endpoint_url = "{endpoint}"
 
 [cache]
 {cache}
+
+[grpc]
+{grpc}
+
+[sessions]
+{sessions}
 "#,
         server = t.server,
         tokens = t.tokens,
@@ -98,6 +109,8 @@ endpoint_url = "{endpoint}"
         endpoint = cognito.endpoint_url(),
         cognito_extra = t.cognito,
         cache = t.cache,
+        grpc = t.grpc,
+        sessions = t.sessions,
     )
 }
 
@@ -149,6 +162,7 @@ impl Harness {
         )
         .await
         .expect("cognito");
+        issuer.set_unavailable(t.issuer_down_at_start);
         let appsync = match &t.appsync {
             Some(_) => Some(
                 AppSyncEmulator::start(
@@ -273,6 +287,16 @@ impl Harness {
         let path = self.dir.join(name);
         credbroker::fsutil::write_atomic(&path, token.as_bytes()).expect("token file");
         path
+    }
+
+    /// A gRPC channel to the broker's TCP gRPC listener.
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        let addr = self.running().grpc.tcp.expect("grpc.listen is configured");
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("gRPC connects")
     }
 
     pub fn get_id_calls(&self) -> u64 {

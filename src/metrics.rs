@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The surfaces credentials are served on (a bounded label).
@@ -93,6 +93,18 @@ pub struct Inner {
     pub appsync_upstream: IntCounterVec,
     /// `credbroker_appsync_upstream_duration_seconds{api}`: time to AppSync's answer head.
     pub appsync_upstream_latency: HistogramVec,
+    /// `credbroker_ready`: 1 when `/readyz` would answer 200 (set when readiness is evaluated:
+    /// each `/readyz` and each scrape).
+    pub ready: IntGauge,
+    /// `credbroker_provider_keys_loaded{provider}`: 1 once the provider's JWKS loaded.
+    pub provider_keys_loaded: IntGaugeVec,
+    /// `credbroker_cognito_reachable`: 1 when Cognito's last answer (call or probe) proves the
+    /// endpoint answers.
+    pub cognito_reachable: IntGauge,
+    /// `credbroker_cognito_probes_total{outcome}`: readiness probes of the Cognito endpoint.
+    pub cognito_probes: IntCounterVec,
+    /// `credbroker_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
     /// Pre-resolved hot-path handles.
     pub hot: HotPath,
 }
@@ -203,7 +215,53 @@ impl Metrics {
                 .collect(),
         };
 
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let provider_keys_loaded = int_gauge_vec(
+            "provider_keys_loaded",
+            "1 once the provider's discovery document and JWKS loaded at least once, else 0.",
+            &["provider"],
+        );
+        for p in providers {
+            provider_keys_loaded.with_label_values(&[p.as_str()]).set(0);
+        }
+        let build_info = int_gauge_vec(
+            "build_info",
+            "Always 1; the version label says which credbroker build runs.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let ready = int_gauge(
+            "ready",
+            "1 when /readyz answers 200 (keys loaded, Cognito answers, not shutting down), else 0.",
+        );
+        let cognito_reachable = int_gauge(
+            "cognito_reachable",
+            "1 when Cognito's last answer to a call or probe shows the endpoint answers, else 0.",
+        );
+
         let inner = Inner {
+            ready,
+            provider_keys_loaded,
+            cognito_reachable,
+            cognito_probes: counter_vec(
+                r,
+                "cognito_probes_total",
+                "Readiness probes of the Cognito endpoint (unsigned GetId with a placeholder \
+                 login), by outcome (answered, or the failure class).",
+                &["outcome"],
+            ),
+            build_info,
             jwks_fetches: counter_vec(
                 r,
                 "jwks_fetches_total",

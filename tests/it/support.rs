@@ -32,6 +32,8 @@ pub struct Tweaks {
     pub cache: String,
     pub cognito: String,
     pub provider: String,
+    /// Extra `[admin]` TOML (the admin listener always binds 127.0.0.1:0 here).
+    pub admin: String,
     /// Use the emulator in-process instead of the SDK over HTTP (paused-time tests).
     pub in_process_cognito: bool,
     pub cognito_options: Option<CognitoOptions>,
@@ -87,6 +89,10 @@ endpoint_url = "{endpoint}"
 
 [cache]
 {cache}
+
+[admin]
+listen = "127.0.0.1:0"
+{admin}
 "#,
         server = t.server,
         tokens = t.tokens,
@@ -98,6 +104,7 @@ endpoint_url = "{endpoint}"
         endpoint = cognito.endpoint_url(),
         cognito_extra = t.cognito,
         cache = t.cache,
+        admin = t.admin,
     )
 }
 
@@ -235,6 +242,13 @@ impl Harness {
 
     pub fn url(&self) -> String {
         self.running().credentials_url()
+    }
+
+    /// GET `path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let addr = self.running().admin_addr.expect("admin listener enabled");
+        self.request("GET", &format!("http://{addr}{path}"), &[])
+            .await
     }
 
     /// GET the credentials endpoint with `Authorization: token` (none when empty).

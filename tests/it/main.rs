@@ -9,6 +9,7 @@ mod container;
 mod imds;
 mod jwks;
 mod logs;
+mod ops;
 mod refresh;
 mod single_flight;
 mod sources;

@@ -9,7 +9,9 @@
 //!   503 meanwhile); tests bind port 0 and read the addresses from [`Running`];
 //! - [`Running::stop`] (and [`run`] on its shutdown future) stops accepting at once, lets
 //!   in-flight requests finish within `server.shutdown_grace`, stops background refresh, and
-//!   returns; nothing keeps running afterwards.
+//!   returns; nothing keeps running afterwards;
+//! - the admin listener (`[admin]`: metrics, probes) reports "shutting down" on `/readyz` from
+//!   the moment the drain starts, keeps answering during it, and stops last.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +27,8 @@ use crate::config::{Config, SourceConfig};
 use crate::identity::IdentityCache;
 use crate::metrics::Metrics;
 use crate::oidc::Validator;
-use crate::server::{self, Limits, container, imds};
+use crate::readiness::{CognitoWatch, Readiness, Watched};
+use crate::server::{self, Limits, admin, container, imds};
 use crate::sources::file::TokenFileSource;
 use crate::sources::refresh::{FileStore, HttpTokenEndpoint, RefreshTokenSource, TokenEndpoint};
 use crate::sources::{Configured, ConfiguredIdentity, IdentitySource, SourceDriver};
@@ -71,6 +74,12 @@ pub struct Running {
     pub configured: Arc<Configured>,
     /// Where gRPC is served (empty when `[grpc]` configures no transport).
     pub grpc: crate::grpc::GrpcAddrs,
+    /// Where the admin listener (metrics, probes) listens, when `[admin] enabled`.
+    pub admin_addr: Option<SocketAddr>,
+    /// What `/readyz` reports.
+    pub readiness: Arc<Readiness>,
+    admin_shutdown: CancellationToken,
+    admin_listener: TaskTracker,
     config: Arc<Config>,
     shutdown: CancellationToken,
     listeners: TaskTracker,
@@ -82,6 +91,7 @@ impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Running")
             .field("container_addr", &self.container_addr)
+            .field("admin_addr", &self.admin_addr)
             .finish()
     }
 }
@@ -106,8 +116,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
     let api = overrides
         .cognito
         .unwrap_or_else(|| Arc::new(SdkCognito::new(&config.cognito)));
+    let cognito_watch = Arc::new(CognitoWatch::new(clock.clone()));
     let exchanger = Exchanger::new(
-        api,
+        Arc::new(Watched::new(api.clone(), cognito_watch.clone())),
         &config.cognito.identity_pool_id,
         RetryPolicy::from_config(&config.cognito),
         metrics.clone(),
@@ -120,6 +131,16 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         clock.clone(),
         metrics.clone(),
     );
+    let readiness = Arc::new(Readiness::new(
+        validator.clone(),
+        identities.clone(),
+        cognito_watch,
+        api,
+        &config.cognito.identity_pool_id,
+        &config.admin,
+        clock.clone(),
+        metrics.clone(),
+    ));
     let broker = Arc::new(
         Broker::new(
             validator.clone(),
@@ -149,6 +170,16 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         ),
         None => None,
     };
+    let admin_listener =
+        match config.admin.enabled {
+            true => Some(server::bind(config.admin.listen).await.map_err(|source| {
+                StartError::Bind {
+                    addr: config.admin.listen,
+                    source,
+                }
+            })?),
+            false => None,
+        };
 
     let shutdown = CancellationToken::new();
     let background_stop = CancellationToken::new();
@@ -180,6 +211,27 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
     };
     background.spawn(validator.clone().maintain(background_stop.clone()));
     background.spawn(identities.clone().run_scheduler(background_stop.clone()));
+
+    // The admin listener has its own shutdown: it answers "shutting down" during the drain.
+    let admin_shutdown = CancellationToken::new();
+    let admin_tasks = TaskTracker::new();
+    let mut admin_addr = None;
+    if let Some(listener) = admin_listener {
+        let addr = listener.local_addr().unwrap_or(config.admin.listen);
+        admin_addr = Some(addr);
+        admin_tasks.spawn(server::serve(
+            listener,
+            admin::router(broker.clone(), readiness.clone()),
+            Limits::from_config(&config.server),
+            admin_shutdown.clone(),
+        ));
+        tracing::info!(
+            listen = %addr,
+            metrics = %format!("http://{addr}{}", admin::METRICS_PATH),
+            "admin listener is serving"
+        );
+    }
+    admin_tasks.close();
 
     // Configured identities: one source driver each, warmed before start returns.
     let token_endpoint = overrides.token_endpoint.unwrap_or_else(|| {
@@ -295,6 +347,10 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         imds_addr,
         configured,
         grpc,
+        admin_addr,
+        readiness,
+        admin_shutdown,
+        admin_listener: admin_tasks,
         config,
         shutdown,
         listeners,
@@ -318,6 +374,12 @@ impl Running {
         self.imds_addr.map(|a| format!("http://{a}/"))
     }
 
+    /// `http://ADDR/metrics` of the admin listener, when enabled.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.admin_addr
+            .map(|a| format!("http://{a}{}", admin::METRICS_PATH))
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.config
@@ -326,6 +388,7 @@ impl Running {
     /// Stops: no new connections, in-flight requests drain within `server.shutdown_grace`,
     /// background work stops. Returns whether the drain finished in time.
     pub async fn stop(self) -> bool {
+        self.readiness.set_draining();
         self.shutdown.cancel();
         let grace = self.config.server.shutdown_grace;
         let drained = tokio::time::timeout(grace, self.listeners.wait())
@@ -339,6 +402,8 @@ impl Running {
         }
         self.background_stop.cancel();
         self.background.wait().await;
+        self.admin_shutdown.cancel();
+        self.admin_listener.wait().await;
         tracing::info!("credbroker stopped");
         drained
     }

@@ -102,6 +102,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// Sessions (opaque handles standing for a verified ID token).
     pub sessions: SessionsConfig,
+    /// The admin listener (`[admin]`): metrics and health probes.
+    pub admin: AdminConfig,
 }
 
 /// The container-credentials HTTP listener.
@@ -515,6 +517,9 @@ fn build(root: &Section<'_>) -> Option<Config> {
     let imds = build_imds(root, identities.as_deref(), cognito.as_ref());
     let grpc = finished(root.section("grpc"), grpc::build_grpc);
     let sessions = finished(root.section("sessions"), sessions::build_sessions);
+    let admin = finished(root.section("admin"), |s| {
+        build_admin(s, server.as_ref(), imds.as_ref().and_then(Option::as_ref))
+    });
     Some(Config {
         server: server?,
         tokens: tokens?,
@@ -527,6 +532,7 @@ fn build(root: &Section<'_>) -> Option<Config> {
         imds: imds?,
         grpc: grpc?,
         sessions: sessions?,
+        admin: admin?,
     })
 }
 
@@ -1507,6 +1513,78 @@ fn build_imds(
     }))
 }
 
+/// Default listen address of the admin listener (metrics, health probes).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8909";
+const DEFAULT_ADMIN_COGNITO_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_ADMIN_PROBE_WAIT: Duration = Duration::from_millis(800);
+
+/// The admin listener: `[admin]`. Serves `/metrics`, `/livez` and `/readyz`, never credentials.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Whether the admin listener runs at all.
+    pub enabled: bool,
+    /// Where it listens. Any address is accepted without `allow_non_loopback`: it serves no
+    /// credentials, and kubelet probes and Prometheus reach a pod on its pod IP, not loopback.
+    pub listen: SocketAddr,
+    /// Least time between two Cognito reachability probes made on behalf of `/readyz` (a probe
+    /// is an unsigned GetId with a placeholder login; it is made only while nothing proves
+    /// Cognito answers: no recent answer and no servable credentials cached).
+    pub cognito_probe_interval: Duration,
+    /// How long `/readyz` waits for a probe it started before answering with what it knows
+    /// (keep it under the kubelet probe's `timeoutSeconds`, 1 s by default).
+    pub probe_wait: Duration,
+}
+
+fn build_admin(
+    s: &Section<'_>,
+    server: Option<&ServerConfig>,
+    imds: Option<&ImdsConfig>,
+) -> Option<AdminConfig> {
+    let enabled = s.bool_or("enabled", true);
+    let listen = s.socket_addr_or("listen", DEFAULT_ADMIN_LISTEN, true);
+    let cognito_probe_interval = s.duration_in(
+        "cognito_probe_interval",
+        DEFAULT_ADMIN_COGNITO_PROBE_INTERVAL,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    let probe_wait = s.duration_in(
+        "probe_wait",
+        DEFAULT_ADMIN_PROBE_WAIT,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    let listen = listen?;
+    if enabled && listen.port() != 0 {
+        let taken = [
+            ("server.listen", server.map(|c| c.listen)),
+            ("imds.listen", imds.map(|c| c.listen)),
+        ];
+        for (name, other) in taken {
+            if other.is_some_and(|o| o.port() == listen.port() && overlaps(o.ip(), listen.ip())) {
+                s.error(
+                    "listen",
+                    format!(
+                        "{listen} collides with {name}; the admin listener needs its own port \
+                         (default {DEFAULT_ADMIN_LISTEN})"
+                    ),
+                );
+            }
+        }
+    }
+    Some(AdminConfig {
+        enabled,
+        listen,
+        cognito_probe_interval,
+        probe_wait,
+    })
+}
+
+/// Whether two bind addresses on the same port would collide.
+fn overlaps(a: IpAddr, b: IpAddr) -> bool {
+    a == b || a.is_unspecified() || b.is_unspecified()
+}
+
 /// Parses `90s`, `20m`, `1h30m`, `500ms`, `2d`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -2286,5 +2364,53 @@ mod tests {
         assert!(!is_uuid("0f1e2d3c4b5a46978877665544332211"));
         assert!(is_role_arn("arn:aws:iam::123456789012:role/app-users"));
         assert!(!is_role_arn("arn:aws:iam::123:role/x"));
+    }
+
+    #[test]
+    fn admin_defaults_to_loopback_8909_and_may_bind_any_address() {
+        let c = Config::from_toml(MINIMAL).expect("valid");
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.listen, "127.0.0.1:8909".parse().expect("addr"));
+        assert_eq!(c.admin.cognito_probe_interval, Duration::from_secs(10));
+        assert_eq!(c.admin.probe_wait, Duration::from_millis(800));
+        // Kubelet probes and Prometheus use the pod IP; the admin listener serves no credentials.
+        let c = Config::from_toml(&format!(
+            "{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9100\"\ncognito_probe_interval = \"30s\"\n\
+             probe_wait = \"0s\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.admin.listen, "0.0.0.0:9100".parse().expect("addr"));
+        assert_eq!(c.admin.cognito_probe_interval, Duration::from_secs(30));
+        assert_eq!(c.admin.probe_wait, Duration::ZERO);
+    }
+
+    #[test]
+    fn admin_problems_are_reported_at_once() {
+        let errors = errors_of(&Sources::from_toml(format!(
+            "{MINIMAL}\n[server]\nlisten = \"127.0.0.1:8909\"\n\
+             [admin]\nlisten = \"0.0.0.0:8909\"\ncognito_probe_interval = \"1ms\"\n\
+             probe_wait = \"soon\"\nenable = false\n"
+        )));
+        let expected = [
+            "admin.listen: 0.0.0.0:8909 collides with server.listen",
+            "admin.cognito_probe_interval: 1ms is out of range",
+            "admin.probe_wait:",
+            "admin.enable: unknown setting (did you mean \"enabled\"?)",
+        ];
+        for e in expected {
+            assert!(
+                errors.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        // Port 0 never collides, and a disabled listener is not checked.
+        let ok = format!(
+            "{MINIMAL}\n[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+        );
+        assert!(Config::from_toml(&ok).is_ok());
+        let off =
+            format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:8909\"\n[admin]\nenabled = false\n");
+        assert!(!Config::from_toml(&off).expect("valid").admin.enabled);
     }
 }

@@ -48,6 +48,7 @@ pub mod identity;
 pub mod metrics;
 pub mod oidc;
 pub mod probe;
+pub mod readiness;
 pub mod secret;
 pub mod server;
 pub mod sessions;

@@ -66,6 +66,10 @@ async fn the_emulators_file_drives_a_broker_against_credbroker_emulators() {
             "CREDBROKER_SERVER__LISTEN".to_owned(),
             "127.0.0.1:0".to_owned(),
         ),
+        (
+            "CREDBROKER_ADMIN__LISTEN".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
     ];
     let c = config::load(&Sources {
         file: Some(shipped("emulators.toml")),

@@ -10,6 +10,7 @@ mod grpc;
 mod imds;
 mod jwks;
 mod logs;
+mod ops;
 mod refresh;
 mod sessions;
 mod single_flight;

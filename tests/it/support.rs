@@ -37,6 +37,8 @@ pub struct Tweaks {
     pub sessions: String,
     /// Start with the issuer unreachable (the provider is not ready at start).
     pub issuer_down_at_start: bool,
+    /// Extra `[admin]` TOML (the admin listener always binds 127.0.0.1:0 here).
+    pub admin: String,
     /// Use the emulator in-process instead of the SDK over HTTP (paused-time tests).
     pub in_process_cognito: bool,
     pub cognito_options: Option<CognitoOptions>,
@@ -98,6 +100,9 @@ endpoint_url = "{endpoint}"
 
 [sessions]
 {sessions}
+[admin]
+listen = "127.0.0.1:0"
+{admin}
 "#,
         server = t.server,
         tokens = t.tokens,
@@ -111,6 +116,7 @@ endpoint_url = "{endpoint}"
         cache = t.cache,
         grpc = t.grpc,
         sessions = t.sessions,
+        admin = t.admin,
     )
 }
 
@@ -249,6 +255,13 @@ impl Harness {
 
     pub fn url(&self) -> String {
         self.running().credentials_url()
+    }
+
+    /// GET `path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let addr = self.running().admin_addr.expect("admin listener enabled");
+        self.request("GET", &format!("http://{addr}{path}"), &[])
+            .await
     }
 
     /// GET the credentials endpoint with `Authorization: token` (none when empty).

@@ -64,6 +64,7 @@ fn exchange(token: &str) -> ExchangeRequest {
         id_token: token.to_owned(),
         refresh_token: None,
         custom_role_arn: None,
+        client_id: None,
     }
 }
 
@@ -554,7 +555,8 @@ async fn malformed_oversized_and_refused_requests_get_the_right_codes() {
         .expect_err("refresh token");
     assert_eq!(
         (err.code(), code_of(&err)),
-        (Code::Unimplemented, "RefreshTokenUnsupported")
+        (Code::Unauthenticated, "ReloginRequired"),
+        "the issuer does not know this refresh token"
     );
     let err = c
         .exchange(ExchangeRequest {

@@ -854,14 +854,20 @@ async fn watchers_of_a_refresh_token_session_are_fed_until_its_family_is_revoked
 
     assert!(h.issuer.revoke_refresh_family(&refresh_token));
     tokio::time::sleep(Duration::from_secs(300)).await;
-    let end = rx.try_recv().expect("the stream ended").expect_err("a status");
+    let end = rx
+        .try_recv()
+        .expect("the stream ended")
+        .expect_err("a status");
     assert_eq!(
         (end.code(), code_of(&end)),
         (Code::Unauthenticated, "ReloginRequired")
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        matches!(rx.try_recv(), Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)),
+        matches!(
+            rx.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ),
         "nothing after the status"
     );
     let err = service

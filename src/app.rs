@@ -1,7 +1,8 @@
 //! Assembly and lifecycle.
 //!
 //! Owns: building the broker from a [`Config`], binding its listeners, the background tasks
-//! (key maintenance, refresh scheduler) and their orderly shutdown.
+//! (key maintenance, refresh scheduler, identity sources, refresh-token sessions) and their
+//! orderly shutdown.
 //!
 //! Promises:
 //! - [`start`] returns once listeners are bound and every provider's keys were loaded or failed
@@ -29,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::oidc::Validator;
 use crate::readiness::{CognitoWatch, Readiness, Watched};
 use crate::server::{self, Limits, admin, container, imds};
+use crate::sessions::SessionRefresh;
 use crate::sources::file::TokenFileSource;
 use crate::sources::refresh::{FileStore, HttpTokenEndpoint, RefreshTokenSource, TokenEndpoint};
 use crate::sources::{Configured, ConfiguredIdentity, IdentitySource, SourceDriver};
@@ -141,6 +143,16 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         clock.clone(),
         metrics.clone(),
     ));
+    let shutdown = CancellationToken::new();
+    let background_stop = CancellationToken::new();
+    let listeners = TaskTracker::new();
+    let background = TaskTracker::new();
+    let token_endpoint = overrides.token_endpoint.unwrap_or_else(|| {
+        Arc::new(HttpTokenEndpoint::new(
+            http.clone(),
+            config.tokens.oidc_timeout,
+        ))
+    });
     let broker = Arc::new(
         Broker::new(
             validator.clone(),
@@ -150,7 +162,15 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
             config.server.max_pending_exchanges,
             config.cognito.custom_role_arn.as_deref(),
         )
-        .with_sessions(&config.sessions),
+        .with_sessions(&config.sessions)
+        .with_session_refresh(SessionRefresh {
+            endpoint: token_endpoint.clone(),
+            refresh_fraction: crate::config::DEFAULT_REFRESH_FRACTION,
+            keepalive: config.cache.idle_timeout / 2,
+            first_redemption_wait: config.server.request_timeout / 2,
+            tasks: background.clone(),
+            stop: background_stop.clone(),
+        }),
     );
 
     let addr = config.server.listen;
@@ -180,11 +200,6 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
             })?),
             false => None,
         };
-
-    let shutdown = CancellationToken::new();
-    let background_stop = CancellationToken::new();
-    let listeners = TaskTracker::new();
-    let background = TaskTracker::new();
 
     listeners.spawn(server::serve(
         listener,
@@ -234,12 +249,6 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
     admin_tasks.close();
 
     // Configured identities: one source driver each, warmed before start returns.
-    let token_endpoint = overrides.token_endpoint.unwrap_or_else(|| {
-        Arc::new(HttpTokenEndpoint::new(
-            http.clone(),
-            config.tokens.oidc_timeout,
-        ))
-    });
     let mut configured = Configured::default();
     for ic in &config.identities {
         let Some(provider) = validator

@@ -212,6 +212,8 @@ pub struct Broker {
     clock: SharedClock,
     pending: Semaphore,
     default_role: Option<Arc<str>>,
+    /// Keeps refresh-token sessions alive; `None` refuses refresh tokens.
+    session_refresh: Option<sessions::SessionRefresh>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -241,7 +243,20 @@ impl Broker {
             clock,
             pending: Semaphore::new(max_pending_exchanges),
             default_role: default_role.map(Into::into),
+            session_refresh: None,
         }
+    }
+
+    /// Lets sessions be created with a refresh token, which credbroker then redeems to keep
+    /// them alive (see [`crate::sessions`]).
+    pub fn with_session_refresh(mut self, refresh: sessions::SessionRefresh) -> Self {
+        self.session_refresh = Some(refresh);
+        self
+    }
+
+    /// How refresh-token sessions are kept alive, when they are supported.
+    pub fn session_refresh(&self) -> Option<&sessions::SessionRefresh> {
+        self.session_refresh.as_ref()
     }
 
     /// Replaces the session store's limits (`[sessions]`).

@@ -1207,7 +1207,8 @@ const DEFAULT_IMDS_HOP_LIMIT: u64 = 1;
 const DEFAULT_IMDS_MAX_SESSION_TOKENS: u64 = 4096;
 const DEFAULT_IMDS_MIN_REMAINING: Duration = Duration::from_secs(25 * 60);
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
-const DEFAULT_REFRESH_FRACTION: f64 = 0.5;
+/// Default `refresh_fraction` of refresh-token sources (also used by refresh-token sessions).
+pub const DEFAULT_REFRESH_FRACTION: f64 = 0.5;
 
 /// One identity configured in the file: `[identities.<name>]`.
 #[derive(Debug, Clone)]

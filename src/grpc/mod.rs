@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::secret::{REDACTED, SecretString};
 
 pub use admin::AdminService;
-pub use service::BrokerService;
+pub use service::{BrokerService, Settings};
 
 /// Code generated from `proto/credbroker/v1/broker.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -400,7 +400,7 @@ fn redacted_field(v: &impl RedactedField) -> &'static str {
     v.redacted()
 }
 
-redacting_debug!(proto::ExchangeRequest { custom_role_arn; id_token, refresh_token });
+redacting_debug!(proto::ExchangeRequest { custom_role_arn, client_id; id_token, refresh_token });
 redacting_debug!(proto::ExchangeResponse { credentials, session_expires_at; session });
 redacting_debug!(proto::Credentials { access_key_id, expiration, identity_id; secret_access_key, session_token });
 redacting_debug!(proto::UpdateTokenRequest { ; session, id_token });
@@ -445,6 +445,7 @@ mod tests {
             id_token: "eyJsecret.token.sig".into(),
             refresh_token: Some("refresh-secret".into()),
             custom_role_arn: None,
+            client_id: Some("public-client".into()),
         };
         let response = proto::ExchangeResponse {
             credentials: Some(creds.clone()),

@@ -23,7 +23,7 @@ use crate::identity::{Identity, IdentityKey, Issued};
 use crate::metrics::Surface;
 use crate::oidc::VerifiedToken;
 use crate::secret::SecretString;
-use crate::sessions::{Session, SessionError};
+use crate::sessions::{RefreshLogin, Session, SessionError};
 
 /// Limits and timings of the service.
 #[derive(Debug, Clone, Copy)]
@@ -280,7 +280,20 @@ impl BrokerService {
         mut request: proto::ExchangeRequest,
     ) -> Result<proto::ExchangeResponse, Status> {
         let id_token = take_secret(&mut request.id_token);
-        let refresh_token = request.refresh_token.take().map(SecretString::from);
+        let refresh = match (request.refresh_token.take(), request.client_id.take()) {
+            (Some(token), client_id) => Some(RefreshLogin {
+                refresh_token: SecretString::from(token),
+                client_id,
+            }),
+            (None, Some(_)) => {
+                return Err(status(
+                    Code::InvalidArgument,
+                    "MalformedRequest",
+                    "client_id is only used with refresh_token",
+                ));
+            }
+            (None, None) => None,
+        };
         if let Some(role) = &request.custom_role_arn
             && !crate::config::is_role_arn(role)
         {
@@ -295,7 +308,7 @@ impl BrokerService {
         let created = self
             .within_timeout(self.broker.create_session(
                 id_token.expose_str(),
-                refresh_token.as_ref(),
+                refresh,
                 request.custom_role_arn.as_deref(),
             ))
             .await?;
@@ -412,11 +425,7 @@ impl Watch {
                 }
                 () = revoked => {
                     self.done = true;
-                    return Some(Err(status(
-                        Code::Unauthenticated,
-                        "SessionRevoked",
-                        "the session was revoked (logout)",
-                    )));
+                    return Some(Err(self.session_gone()));
                 }
                 changed = self.updates.changed() => {
                     if changed.is_err() {
@@ -455,8 +464,35 @@ impl Watch {
         }
     }
 
+    /// Why the session's stream ends once the session is gone: why it ended (a refused refresh
+    /// token), its expiry, or a revocation.
+    fn session_gone(&self) -> Status {
+        let Some(s) = &self.caller.session else {
+            return evicted();
+        };
+        if let Some(why) = s.ended() {
+            return status_of(&BrokerError::from(why).reply());
+        }
+        if s.expires_at() <= self.broker.clock().now() {
+            return status_of(&BrokerError::from(SessionError::Expired(s.expires_at())).reply());
+        }
+        status(
+            Code::Unauthenticated,
+            "SessionRevoked",
+            "the session was revoked (logout)",
+        )
+    }
+
     /// Why the stream must end now, if it must.
     fn ended(&self) -> Option<Status> {
+        if self
+            .caller
+            .session
+            .as_ref()
+            .is_some_and(|s| s.revoked().is_cancelled())
+        {
+            return Some(self.session_gone());
+        }
         if !self.alive() {
             return Some(evicted());
         }

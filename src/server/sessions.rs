@@ -4,11 +4,15 @@
 //! `DELETE /v1/sessions/current` (logout).
 //!
 //! Promises:
-//! - `POST /v1/sessions` with JSON `{"id_token", "refresh_token"?}` answers 201
+//! - `POST /v1/sessions` with JSON `{"id_token", "refresh_token"?, "client_id"?}` answers 201
 //!   `{"session_token", "expires_at"}` (`expires_at` as `YYYY-MM-DDTHH:MM:SSZ`) once Cognito
 //!   has accepted the login; the handle then works as the `Authorization` value of
 //!   `GET /v1/credentials` (write it to the SDK's token file) and on the gRPC API;
-//! - a `refresh_token` is answered 400 `RefreshTokenUnsupported` (not supported yet);
+//! - with a `refresh_token` credbroker keeps the session alive by redeeming it (as `client_id`,
+//!   default the ID token's `azp`/`aud`), so `expires_at` is `sessions.max_lifetime` away; a
+//!   refresh token the provider refuses is 401 `ReloginRequired`, another user's is 403
+//!   `RefreshTokenMismatch`, a `client_id` that is not an accepted audience 400
+//!   `InvalidClientId` (see [`crate::sessions`]);
 //! - `DELETE /v1/sessions/current` with `Authorization: <session handle>` revokes it (200
 //!   `{"identity_evicted"}`); an unknown or expired handle is 401;
 //! - errors are `{"Code","Message"}` like every other endpoint; request bodies over 64 KiB are
@@ -32,6 +36,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::clock;
 use crate::metrics::Surface;
 use crate::secret::SecretString;
+use crate::sessions::RefreshLogin;
 
 /// Where sessions are created.
 pub const SESSIONS_PATH: &str = "/v1/sessions";
@@ -64,6 +69,9 @@ struct CreateRequest {
     id_token: SecretField,
     #[serde(default)]
     refresh_token: Option<SecretField>,
+    /// The OAuth client of the refresh token (only with `refresh_token`).
+    #[serde(default)]
+    client_id: Option<String>,
 }
 
 /// A JSON string read straight into a [`SecretString`].
@@ -95,17 +103,29 @@ async fn create_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
                 "MalformedRequest",
                 format!(
                     "the body must be JSON {{\"id_token\": \"<ID token>\", \"refresh_token\"?: \
-                     \"...\"}}: {}",
+                     \"...\", \"client_id\"?: \"...\"}}: {}",
                     e.classify_message()
                 ),
             );
         }
     };
-    let work = state.broker.create_session(
-        request.id_token.0.expose_str(),
-        request.refresh_token.as_ref().map(|r| &r.0),
-        None,
-    );
+    let refresh = match (request.refresh_token, request.client_id) {
+        (Some(token), client_id) => Some(RefreshLogin {
+            refresh_token: token.0,
+            client_id,
+        }),
+        (None, Some(_)) => {
+            return client_error(
+                400,
+                "MalformedRequest",
+                "client_id is only used with refresh_token",
+            );
+        }
+        (None, None) => None,
+    };
+    let work = state
+        .broker
+        .create_session(request.id_token.0.expose_str(), refresh, None);
     let created = match tokio::time::timeout(state.request_timeout, work).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return refused(&e),

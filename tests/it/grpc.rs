@@ -64,6 +64,7 @@ fn exchange(token: &str) -> ExchangeRequest {
         id_token: token.to_owned(),
         refresh_token: None,
         custom_role_arn: None,
+        client_id: None,
     }
 }
 
@@ -554,7 +555,8 @@ async fn malformed_oversized_and_refused_requests_get_the_right_codes() {
         .expect_err("refresh token");
     assert_eq!(
         (err.code(), code_of(&err)),
-        (Code::Unimplemented, "RefreshTokenUnsupported")
+        (Code::Unauthenticated, "ReloginRequired"),
+        "the issuer does not know this refresh token"
     );
     let err = c
         .exchange(ExchangeRequest {
@@ -725,4 +727,157 @@ async fn admin_needs_its_token_and_lists_identities_without_secrets() {
     );
     h.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn exchange_with_a_refresh_token_over_the_socket_then_revoke_stops_redemptions() {
+    let h = Harness::with(tcp()).await;
+    let mut c = client(&h).await;
+    let user = "auth0|grpc-refresh";
+    let refresh_token = h.issuer.issue_refresh_token(user);
+    let created = c
+        .exchange(ExchangeRequest {
+            refresh_token: Some(refresh_token.clone()),
+            ..exchange(&h.issuer.token_for(user))
+        })
+        .await
+        .expect("exchanged")
+        .into_inner();
+    let expires = created.session_expires_at.expect("expiry").seconds;
+    let day_from_now = credbroker::clock::unix_seconds(h.clock.now()) as i64 + 24 * 3600;
+    assert!(
+        (day_from_now - 5..=day_from_now).contains(&expires),
+        "sessions.max_lifetime (24 h), not the ID token's lifetime"
+    );
+    assert_eq!(h.issuer.token_stats().issued, 1, "redeemed at creation");
+    c.get_credentials(by_session(&created.session))
+        .await
+        .expect("served");
+    c.revoke(RevokeRequest {
+        session: created.session.clone(),
+    })
+    .await
+    .expect("revoked");
+    let at_revoke = h.issuer.token_stats();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.issuer.token_stats(), at_revoke);
+
+    // Someone else's refresh token, a client id the provider does not accept.
+    let err = c
+        .exchange(ExchangeRequest {
+            refresh_token: Some(h.issuer.issue_refresh_token("auth0|someone-else")),
+            ..exchange(&h.issuer.token_for(user))
+        })
+        .await
+        .expect_err("another user's");
+    assert_eq!(
+        (err.code(), code_of(&err)),
+        (Code::PermissionDenied, "RefreshTokenMismatch")
+    );
+    let err = c
+        .exchange(ExchangeRequest {
+            refresh_token: Some(h.issuer.issue_refresh_token(user)),
+            client_id: Some("not-an-audience".into()),
+            ..exchange(&h.issuer.token_for(user))
+        })
+        .await
+        .expect_err("client id");
+    assert_eq!(
+        (err.code(), code_of(&err)),
+        (Code::InvalidArgument, "InvalidClientId")
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn watchers_of_a_refresh_token_session_are_fed_until_its_family_is_revoked() {
+    use credbroker::grpc::proto::broker_server::Broker as _;
+    use credbroker::grpc::{BrokerService, Settings};
+
+    // The service is called in process (no socket) so hours can pass under paused time.
+    let h = Harness::with(Tweaks {
+        in_process_cognito: true,
+        in_process_issuer: true,
+        issuer_options: Some(credbroker::emulator::oidc::IssuerOptions {
+            token_lifetime: Duration::from_secs(120),
+            ..Default::default()
+        }),
+        tokens: "jwks_refresh_interval = \"7d\"".into(),
+        ..tcp()
+    })
+    .await;
+    let broker = h.running().broker.clone();
+    let service = BrokerService::new(
+        broker,
+        Settings {
+            request_timeout: Duration::from_secs(10),
+            max_watchers: 4,
+            touch_interval: Duration::from_secs(300),
+            min_token_validity: Duration::from_secs(60),
+        },
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let user = "auth0|grpc-watcher";
+    let refresh_token = h.issuer.issue_refresh_token(user);
+    let created = service
+        .exchange(Request::new(ExchangeRequest {
+            refresh_token: Some(refresh_token.clone()),
+            ..exchange(&h.issuer.token_for(user))
+        }))
+        .await
+        .expect("exchanged")
+        .into_inner();
+    tokio::time::pause();
+    let mut stream = service
+        .watch_credentials(Request::new(by_session(&created.session)))
+        .await
+        .expect("watching")
+        .into_inner();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            if tx.send(item).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+    let mut sets = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        sets.push(item.expect("credentials while the session lives"));
+    }
+    // Cognito credentials last 1 h and are refreshed ahead of expiry with the session's newest
+    // ID token (each one lives 2 minutes): one set at once, then several refreshed ones.
+    assert!(sets.len() >= 3, "{} sets in 3 h", sets.len());
+    let keys: std::collections::BTreeSet<_> = sets.iter().map(|c| &c.access_key_id).collect();
+    assert_eq!(keys.len(), sets.len(), "each set is new");
+
+    assert!(h.issuer.revoke_refresh_family(&refresh_token));
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let end = rx
+        .try_recv()
+        .expect("the stream ended")
+        .expect_err("a status");
+    assert_eq!(
+        (end.code(), code_of(&end)),
+        (Code::Unauthenticated, "ReloginRequired")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        matches!(
+            rx.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ),
+        "nothing after the status"
+    );
+    let err = service
+        .get_credentials(Request::new(by_session(&created.session)))
+        .await
+        .expect_err("ended");
+    assert_eq!(
+        (err.code(), code_of(&err)),
+        (Code::Unauthenticated, "ReloginRequired")
+    );
+    tokio::time::resume();
+    h.stop().await;
 }

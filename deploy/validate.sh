@@ -3,7 +3,7 @@
 # check passed; each failure is printed and the script goes on, so one run lists them all.
 #
 #   deploy/validate.sh                 # builds target/debug/credbroker if needed
-#   CREDBROKER_BIN=path deploy/validate.sh
+#   VALIDATE_BIN=path deploy/validate.sh
 #   EXPOSITION=metrics.prom deploy/validate.sh   # check a saved exposition instead of the demo's
 #
 # Checks:
@@ -83,7 +83,9 @@ python3 -c 'import yaml' 2>/dev/null || pip_install PyYAML || fail "cannot insta
 command -v kubernetes-validate >/dev/null || python3 -c 'import kubernetes_validate' 2>/dev/null ||
     pip_install kubernetes-validate || fail "cannot install kubernetes-validate"
 if ! command -v kubectl >/dev/null; then
-    fail "kubectl is required (it carries kustomize); install it and run again"
+    # Debian's kubernetes-client is older than upstream kubectl but carries `kubectl kustomize`.
+    apt_install kubernetes-client ||
+        fail "kubectl is required (it carries kustomize); install it and run again"
 fi
 KV=(kubernetes-validate)
 command -v kubernetes-validate >/dev/null || KV=(python3 -m kubernetes_validate)
@@ -92,7 +94,7 @@ for tool in curl promtool kubectl python3; do
 done
 
 step "credbroker binary"
-BIN="${CREDBROKER_BIN:-}"
+BIN="${VALIDATE_BIN:-}"
 if [[ -z "$BIN" ]]; then
     if (cd "$ROOT" && cargo build --locked --quiet --bin credbroker); then
         BIN="$ROOT/target/debug/credbroker"

@@ -468,12 +468,7 @@ fn merge(sources: &Sources) -> Result<Map<String, Value>, ConfigErrors> {
     if let Some(text) = &sources.toml {
         builder = builder.add_source(File::from_str(text, FileFormat::Toml));
     }
-    let env: config::Map<String, String> = sources
-        .env
-        .iter()
-        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && k != ENV_CONFIG_FILE)
-        .cloned()
-        .collect();
+    let env = setting_env_vars(&sources.env)?;
     builder = builder.add_source(
         Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("_")
@@ -498,6 +493,78 @@ fn merge(sources: &Sources) -> Result<Map<String, Value>, ConfigErrors> {
     }
 }
 
+/// Top-level sections, the only names an environment setting may start with.
+const SECTIONS: &[&str] = &[
+    "server",
+    "tokens",
+    "providers",
+    "cognito",
+    "cache",
+    "log",
+    "appsync",
+    "identities",
+    "imds",
+    "grpc",
+    "sessions",
+    "admin",
+];
+
+/// Picks the environment variables that are settings: `CREDBROKER_<SECTION>__<KEY>`.
+///
+/// Other `CREDBROKER_*` variables are not ours to judge and are ignored: Kubernetes injects
+/// `CREDBROKER_SERVICE_HOST`, `CREDBROKER_PORT_8900_TCP` and friends into every pod of a
+/// namespace with a Service named `credbroker`, and a daemon that refused to start over them
+/// would be a trap. A variable that names a section with a single underscore
+/// (`CREDBROKER_SERVER_LISTEN`) is a typo, though, and is reported rather than dropped.
+fn setting_env_vars(env: &[(String, String)]) -> Result<config::Map<String, String>, ConfigErrors> {
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut settings = config::Map::new();
+    let mut errors = Vec::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if name == ENV_CONFIG_FILE {
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        match lower.split_once("__") {
+            Some((section, _)) if SECTIONS.contains(&section) => {
+                settings.insert(name.clone(), value.clone());
+            }
+            Some((section, _)) => errors.push(ConfigError {
+                path: name.clone(),
+                message: format!(
+                    "environment setting for unknown section {section:?} (sections: {})",
+                    SECTIONS.join(", ")
+                ),
+            }),
+            None => {
+                if let Some(section) = SECTIONS
+                    .iter()
+                    .find(|s| lower.strip_prefix(**s).is_some_and(|k| k.starts_with('_')))
+                {
+                    let key = &rest[section.len() + 1..];
+                    errors.push(ConfigError {
+                        path: name.clone(),
+                        message: format!(
+                            "settings take a double underscore between section and key \
+                             (did you mean {prefix}{}__{key}?)",
+                            section.to_ascii_uppercase()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+// Adding a section? Add it to `SECTIONS` too, or environment settings for it are refused.
 fn build(root: &Section<'_>) -> Option<Config> {
     // Each builder reads its section; `finish` then reports what it did not read, even when the
     // builder gave up early on an invalid value.
@@ -2109,6 +2176,34 @@ mod tests {
         sources.overrides = vec![("server.listen".into(), "[::1]:9200".into())];
         let c = load(&sources).expect("valid");
         assert_eq!(c.server.listen, "[::1]:9200".parse().expect("addr"));
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_settings_but_single_underscore_typos_are_reported() {
+        let mut sources = Sources::from_toml(MINIMAL);
+        sources.env = vec![
+            ("CREDBROKER_SERVICE_HOST".into(), "10.0.0.7".into()),
+            ("CREDBROKER_SERVICE_PORT".into(), "8900".into()),
+            ("CREDBROKER_PORT".into(), "tcp://10.0.0.7:8900".into()),
+            ("CREDBROKER_PORT_8900_TCP_ADDR".into(), "10.0.0.7".into()),
+        ];
+        let c = load(&sources).expect("service links are ignored");
+        assert_eq!(c.server.listen.port(), 8900);
+
+        sources.env = vec![
+            ("CREDBROKER_SERVER_LISTEN".into(), "127.0.0.1:9100".into()),
+            ("CREDBROKER_SERVR__LISTEN".into(), "127.0.0.1:9100".into()),
+        ];
+        let errors = errors_of(&sources).join("\n");
+        assert!(
+            errors.contains("CREDBROKER_SERVER_LISTEN: settings take a double underscore")
+                && errors.contains("did you mean CREDBROKER_SERVER__LISTEN?"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("CREDBROKER_SERVR__LISTEN: environment setting for unknown section"),
+            "{errors}"
+        );
     }
 
     #[test]

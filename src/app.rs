@@ -1,7 +1,8 @@
 //! Assembly and lifecycle.
 //!
 //! Owns: building the broker from a [`Config`], binding its listeners, the background tasks
-//! (key maintenance, refresh scheduler) and their orderly shutdown.
+//! (key maintenance, refresh scheduler, identity sources, refresh-token sessions) and their
+//! orderly shutdown.
 //!
 //! Promises:
 //! - [`start`] returns once listeners are bound and every provider's keys were loaded or failed
@@ -9,7 +10,9 @@
 //!   503 meanwhile); tests bind port 0 and read the addresses from [`Running`];
 //! - [`Running::stop`] (and [`run`] on its shutdown future) stops accepting at once, lets
 //!   in-flight requests finish within `server.shutdown_grace`, stops background refresh, and
-//!   returns; nothing keeps running afterwards.
+//!   returns; nothing keeps running afterwards;
+//! - the admin listener (`[admin]`: metrics, probes) reports "shutting down" on `/readyz` from
+//!   the moment the drain starts, keeps answering during it, and stops last.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +28,9 @@ use crate::config::{Config, SourceConfig};
 use crate::identity::IdentityCache;
 use crate::metrics::Metrics;
 use crate::oidc::Validator;
-use crate::server::{self, Limits, container, imds};
+use crate::readiness::{CognitoWatch, Readiness, Watched};
+use crate::server::{self, Limits, admin, container, imds};
+use crate::sessions::SessionRefresh;
 use crate::sources::file::TokenFileSource;
 use crate::sources::refresh::{FileStore, HttpTokenEndpoint, RefreshTokenSource, TokenEndpoint};
 use crate::sources::{Configured, ConfiguredIdentity, IdentitySource, SourceDriver};
@@ -54,6 +59,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The gRPC API could not start.
+    #[error(transparent)]
+    Grpc(#[from] crate::grpc::GrpcStartError),
 }
 
 /// A started broker.
@@ -66,6 +74,14 @@ pub struct Running {
     pub imds_addr: Option<SocketAddr>,
     /// The identities configured in `[identities.*]`.
     pub configured: Arc<Configured>,
+    /// Where gRPC is served (empty when `[grpc]` configures no transport).
+    pub grpc: crate::grpc::GrpcAddrs,
+    /// Where the admin listener (metrics, probes) listens, when `[admin] enabled`.
+    pub admin_addr: Option<SocketAddr>,
+    /// What `/readyz` reports.
+    pub readiness: Arc<Readiness>,
+    admin_shutdown: CancellationToken,
+    admin_listener: TaskTracker,
     config: Arc<Config>,
     shutdown: CancellationToken,
     listeners: TaskTracker,
@@ -77,6 +93,7 @@ impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Running")
             .field("container_addr", &self.container_addr)
+            .field("admin_addr", &self.admin_addr)
             .finish()
     }
 }
@@ -101,8 +118,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
     let api = overrides
         .cognito
         .unwrap_or_else(|| Arc::new(SdkCognito::new(&config.cognito)));
+    let cognito_watch = Arc::new(CognitoWatch::new(clock.clone()));
     let exchanger = Exchanger::new(
-        api,
+        Arc::new(Watched::new(api.clone(), cognito_watch.clone())),
         &config.cognito.identity_pool_id,
         RetryPolicy::from_config(&config.cognito),
         metrics.clone(),
@@ -115,14 +133,45 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         clock.clone(),
         metrics.clone(),
     );
-    let broker = Arc::new(Broker::new(
+    let readiness = Arc::new(Readiness::new(
         validator.clone(),
         identities.clone(),
-        metrics,
-        clock,
-        config.server.max_pending_exchanges,
-        config.cognito.custom_role_arn.as_deref(),
+        cognito_watch,
+        api,
+        &config.cognito.identity_pool_id,
+        &config.admin,
+        clock.clone(),
+        metrics.clone(),
     ));
+    let shutdown = CancellationToken::new();
+    let background_stop = CancellationToken::new();
+    let listeners = TaskTracker::new();
+    let background = TaskTracker::new();
+    let token_endpoint = overrides.token_endpoint.unwrap_or_else(|| {
+        Arc::new(HttpTokenEndpoint::new(
+            http.clone(),
+            config.tokens.oidc_timeout,
+        ))
+    });
+    let broker = Arc::new(
+        Broker::new(
+            validator.clone(),
+            identities.clone(),
+            metrics,
+            clock,
+            config.server.max_pending_exchanges,
+            config.cognito.custom_role_arn.as_deref(),
+        )
+        .with_sessions(&config.sessions)
+        .with_session_refresh(SessionRefresh {
+            endpoint: token_endpoint.clone(),
+            refresh_fraction: crate::config::DEFAULT_REFRESH_FRACTION,
+            keepalive: config.cache.idle_timeout / 2,
+            first_redemption_wait: config.server.request_timeout / 2,
+            tasks: background.clone(),
+            stop: background_stop.clone(),
+        }),
+    );
 
     let addr = config.server.listen;
     let listener = server::bind(addr)
@@ -141,34 +190,65 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         ),
         None => None,
     };
-
-    let shutdown = CancellationToken::new();
-    let background_stop = CancellationToken::new();
-    let listeners = TaskTracker::new();
-    let background = TaskTracker::new();
+    let admin_listener =
+        match config.admin.enabled {
+            true => Some(server::bind(config.admin.listen).await.map_err(|source| {
+                StartError::Bind {
+                    addr: config.admin.listen,
+                    source,
+                }
+            })?),
+            false => None,
+        };
 
     listeners.spawn(server::serve(
         listener,
-        container::router(broker.clone(), config.server.request_timeout).merge(
-            server::appsync::router(
+        container::router(broker.clone(), config.server.request_timeout)
+            .merge(server::appsync::router(
                 broker.clone(),
                 &config.appsync,
                 config.server.request_timeout,
-            ),
-        ),
+            ))
+            .merge(server::sessions::router(
+                broker.clone(),
+                config.server.request_timeout,
+            )),
         Limits::from_config(&config.server),
         shutdown.clone(),
     ));
+    let grpc = match crate::grpc::start(&config, broker.clone(), shutdown.clone(), &listeners).await
+    {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            shutdown.cancel();
+            return Err(e.into());
+        }
+    };
     background.spawn(validator.clone().maintain(background_stop.clone()));
     background.spawn(identities.clone().run_scheduler(background_stop.clone()));
 
+    // The admin listener has its own shutdown: it answers "shutting down" during the drain.
+    let admin_shutdown = CancellationToken::new();
+    let admin_tasks = TaskTracker::new();
+    let mut admin_addr = None;
+    if let Some(listener) = admin_listener {
+        let addr = listener.local_addr().unwrap_or(config.admin.listen);
+        admin_addr = Some(addr);
+        admin_tasks.spawn(server::serve(
+            listener,
+            admin::router(broker.clone(), readiness.clone()),
+            Limits::from_config(&config.server),
+            admin_shutdown.clone(),
+        ));
+        tracing::info!(
+            listen = %addr,
+            metrics = %format!("http://{addr}{}", admin::METRICS_PATH),
+            "admin listener is serving"
+        );
+    }
+    admin_tasks.close();
+
     // Configured identities: one source driver each, warmed before start returns.
-    let token_endpoint = overrides.token_endpoint.unwrap_or_else(|| {
-        Arc::new(HttpTokenEndpoint::new(
-            http.clone(),
-            config.tokens.oidc_timeout,
-        ))
-    });
     let mut configured = Configured::default();
     for ic in &config.identities {
         let Some(provider) = validator
@@ -264,6 +344,8 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
 
     tracing::info!(
         listen = %container_addr,
+        grpc = ?grpc.tcp,
+        grpc_socket = ?grpc.unix,
         providers = ?provider_names,
         identity_pool_id = %config.cognito.identity_pool_id,
         "credbroker is serving"
@@ -273,6 +355,11 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         broker,
         imds_addr,
         configured,
+        grpc,
+        admin_addr,
+        readiness,
+        admin_shutdown,
+        admin_listener: admin_tasks,
         config,
         shutdown,
         listeners,
@@ -296,6 +383,12 @@ impl Running {
         self.imds_addr.map(|a| format!("http://{a}/"))
     }
 
+    /// `http://ADDR/metrics` of the admin listener, when enabled.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.admin_addr
+            .map(|a| format!("http://{a}{}", admin::METRICS_PATH))
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.config
@@ -304,6 +397,7 @@ impl Running {
     /// Stops: no new connections, in-flight requests drain within `server.shutdown_grace`,
     /// background work stops. Returns whether the drain finished in time.
     pub async fn stop(self) -> bool {
+        self.readiness.set_draining();
         self.shutdown.cancel();
         let grace = self.config.server.shutdown_grace;
         let drained = tokio::time::timeout(grace, self.listeners.wait())
@@ -317,6 +411,8 @@ impl Running {
         }
         self.background_stop.cancel();
         self.background.wait().await;
+        self.admin_shutdown.cancel();
+        self.admin_listener.wait().await;
         tracing::info!("credbroker stopped");
         drained
     }

@@ -22,6 +22,7 @@ use crate::cognito::ErrorKind;
 use crate::identity::{FetchError, IdentityCache, Issued};
 use crate::metrics::{Metrics, Surface};
 use crate::oidc::{TokenError, Validator, VerifiedToken};
+use crate::sessions::{self, SessionError, SessionStore};
 
 /// Why credentials could not be served.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,6 +44,9 @@ pub enum BrokerError {
     /// Too many callers are already waiting on Cognito.
     #[error("too many requests are waiting for Cognito; retry shortly")]
     Busy,
+    /// A session handle was refused, or a session could not be created.
+    #[error(transparent)]
+    Session(#[from] SessionError),
     /// The request did not complete within `server.request_timeout`.
     #[error(
         "timed out waiting for Cognito; the exchange continues and a retry will be served from cache"
@@ -79,6 +83,12 @@ impl BrokerError {
                     retry_after: retry,
                 }
             }
+            Self::Session(e) => ErrorReply {
+                status: e.status(),
+                code: e.code(),
+                message: e.to_string(),
+                retry_after: matches!(e, SessionError::TooMany { .. }).then_some(1),
+            },
             Self::Busy => ErrorReply {
                 status: 429,
                 code: "TooManyRequests",
@@ -197,9 +207,13 @@ pub struct Broker {
     pub identities: IdentityCache,
     /// Metrics.
     pub metrics: Metrics,
+    /// Live sessions (handles usable wherever an ID token is).
+    pub sessions: SessionStore,
     clock: SharedClock,
     pending: Semaphore,
     default_role: Option<Arc<str>>,
+    /// Keeps refresh-token sessions alive; `None` refuses refresh tokens.
+    session_refresh: Option<sessions::SessionRefresh>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -225,15 +239,30 @@ impl Broker {
             validator,
             identities,
             metrics,
+            sessions: SessionStore::new(&Default::default(), clock.clone()),
             clock,
             pending: Semaphore::new(max_pending_exchanges),
             default_role: default_role.map(Into::into),
+            session_refresh: None,
         }
     }
 
-    /// `cognito.custom_role_arn`, the role used when a request names none.
-    pub fn default_role(&self) -> Option<&str> {
-        self.default_role.as_deref()
+    /// Lets sessions be created with a refresh token, which credbroker then redeems to keep
+    /// them alive (see [`crate::sessions`]).
+    pub fn with_session_refresh(mut self, refresh: sessions::SessionRefresh) -> Self {
+        self.session_refresh = Some(refresh);
+        self
+    }
+
+    /// How refresh-token sessions are kept alive, when they are supported.
+    pub fn session_refresh(&self) -> Option<&sessions::SessionRefresh> {
+        self.session_refresh.as_ref()
+    }
+
+    /// Replaces the session store's limits (`[sessions]`).
+    pub fn with_sessions(mut self, config: &crate::config::SessionsConfig) -> Self {
+        self.sessions = SessionStore::new(config, self.clock.clone());
+        self
     }
 
     /// The clock.
@@ -241,12 +270,24 @@ impl Broker {
         &self.clock
     }
 
-    /// Credentials for the identity a raw ID token proves.
+    /// The role used when a caller names none (`cognito.custom_role_arn`).
+    pub fn default_role(&self) -> Option<&str> {
+        self.default_role.as_deref()
+    }
+
+    /// Credentials for the identity a raw ID token, or a live session handle, proves.
     pub async fn credentials(
         &self,
         raw_token: &str,
         surface: Surface,
     ) -> Result<Arc<Issued>, BrokerError> {
+        if sessions::is_handle(raw_token) {
+            let session = self.sessions.get(raw_token)?;
+            let token = session.token();
+            return self
+                .credentials_for_token(&token, session.role.as_deref(), surface)
+                .await;
+        }
         let token = self.validator.validate(raw_token).await?;
         self.credentials_for_token(&token, None, surface).await
     }
@@ -257,6 +298,18 @@ impl Broker {
         token: &Arc<VerifiedToken>,
         role: Option<&str>,
         surface: Surface,
+    ) -> Result<Arc<Issued>, BrokerError> {
+        let issued = self.prepare(token, role).await?;
+        self.handed_out(surface, token, &issued);
+        Ok(issued)
+    }
+
+    /// Like [`Broker::credentials_for_token`], without recording a hand-out (the credentials
+    /// are obtained but not given to anyone yet, e.g. when a session is created).
+    pub async fn prepare(
+        &self,
+        token: &Arc<VerifiedToken>,
+        role: Option<&str>,
     ) -> Result<Arc<Issued>, BrokerError> {
         let role = role.or(self.default_role.as_deref());
         let entry = self.identities.entry(token, role);
@@ -278,7 +331,6 @@ impl Broker {
                     })?
             }
         };
-        self.handed_out(surface, token, &issued);
         Ok(issued)
     }
 

@@ -28,6 +28,11 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use url::Url;
 
+mod grpc;
+mod sessions;
+pub use grpc::GrpcConfig;
+pub use sessions::SessionsConfig;
+
 /// Prefix of environment variables that override settings.
 pub const ENV_PREFIX: &str = "CREDBROKER";
 /// Environment variable naming the config file (read by the CLI, not treated as a setting).
@@ -93,6 +98,12 @@ pub struct Config {
     pub identities: Vec<IdentityConfig>,
     /// The IMDSv2-compatible endpoint (`[imds]`), when configured.
     pub imds: Option<ImdsConfig>,
+    /// The gRPC API (off unless a transport is configured).
+    pub grpc: GrpcConfig,
+    /// Sessions (opaque handles standing for a verified ID token).
+    pub sessions: SessionsConfig,
+    /// The admin listener (`[admin]`): metrics and health probes.
+    pub admin: AdminConfig,
 }
 
 /// The container-credentials HTTP listener.
@@ -457,12 +468,7 @@ fn merge(sources: &Sources) -> Result<Map<String, Value>, ConfigErrors> {
     if let Some(text) = &sources.toml {
         builder = builder.add_source(File::from_str(text, FileFormat::Toml));
     }
-    let env: config::Map<String, String> = sources
-        .env
-        .iter()
-        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && k != ENV_CONFIG_FILE)
-        .cloned()
-        .collect();
+    let env = setting_env_vars(&sources.env)?;
     builder = builder.add_source(
         Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("_")
@@ -487,6 +493,78 @@ fn merge(sources: &Sources) -> Result<Map<String, Value>, ConfigErrors> {
     }
 }
 
+/// Top-level sections, the only names an environment setting may start with.
+const SECTIONS: &[&str] = &[
+    "server",
+    "tokens",
+    "providers",
+    "cognito",
+    "cache",
+    "log",
+    "appsync",
+    "identities",
+    "imds",
+    "grpc",
+    "sessions",
+    "admin",
+];
+
+/// Picks the environment variables that are settings: `CREDBROKER_<SECTION>__<KEY>`.
+///
+/// Other `CREDBROKER_*` variables are not ours to judge and are ignored: Kubernetes injects
+/// `CREDBROKER_SERVICE_HOST`, `CREDBROKER_PORT_8900_TCP` and friends into every pod of a
+/// namespace with a Service named `credbroker`, and a daemon that refused to start over them
+/// would be a trap. A variable that names a section with a single underscore
+/// (`CREDBROKER_SERVER_LISTEN`) is a typo, though, and is reported rather than dropped.
+fn setting_env_vars(env: &[(String, String)]) -> Result<config::Map<String, String>, ConfigErrors> {
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut settings = config::Map::new();
+    let mut errors = Vec::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if name == ENV_CONFIG_FILE {
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        match lower.split_once("__") {
+            Some((section, _)) if SECTIONS.contains(&section) => {
+                settings.insert(name.clone(), value.clone());
+            }
+            Some((section, _)) => errors.push(ConfigError {
+                path: name.clone(),
+                message: format!(
+                    "environment setting for unknown section {section:?} (sections: {})",
+                    SECTIONS.join(", ")
+                ),
+            }),
+            None => {
+                if let Some(section) = SECTIONS
+                    .iter()
+                    .find(|s| lower.strip_prefix(**s).is_some_and(|k| k.starts_with('_')))
+                {
+                    let key = &rest[section.len() + 1..];
+                    errors.push(ConfigError {
+                        path: name.clone(),
+                        message: format!(
+                            "settings take a double underscore between section and key \
+                             (did you mean {prefix}{}__{key}?)",
+                            section.to_ascii_uppercase()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+// Adding a section? Add it to `SECTIONS` too, or environment settings for it are refused.
 fn build(root: &Section<'_>) -> Option<Config> {
     // Each builder reads its section; `finish` then reports what it did not read, even when the
     // builder gave up early on an invalid value.
@@ -504,6 +582,11 @@ fn build(root: &Section<'_>) -> Option<Config> {
     let appsync = finished(root.section("appsync"), build_appsync);
     let identities = build_identities(root, providers.as_deref());
     let imds = build_imds(root, identities.as_deref(), cognito.as_ref());
+    let grpc = finished(root.section("grpc"), grpc::build_grpc);
+    let sessions = finished(root.section("sessions"), sessions::build_sessions);
+    let admin = finished(root.section("admin"), |s| {
+        build_admin(s, server.as_ref(), imds.as_ref().and_then(Option::as_ref))
+    });
     Some(Config {
         server: server?,
         tokens: tokens?,
@@ -514,6 +597,9 @@ fn build(root: &Section<'_>) -> Option<Config> {
         appsync: appsync?,
         identities: identities?,
         imds: imds?,
+        grpc: grpc?,
+        sessions: sessions?,
+        admin: admin?,
     })
 }
 
@@ -910,7 +996,7 @@ fn is_uuid(u: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn is_role_arn(arn: &str) -> bool {
+pub(crate) fn is_role_arn(arn: &str) -> bool {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     parts.len() == 6
         && parts[0] == "arn"
@@ -1188,7 +1274,8 @@ const DEFAULT_IMDS_HOP_LIMIT: u64 = 1;
 const DEFAULT_IMDS_MAX_SESSION_TOKENS: u64 = 4096;
 const DEFAULT_IMDS_MIN_REMAINING: Duration = Duration::from_secs(25 * 60);
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
-const DEFAULT_REFRESH_FRACTION: f64 = 0.5;
+/// Default `refresh_fraction` of refresh-token sources (also used by refresh-token sessions).
+pub const DEFAULT_REFRESH_FRACTION: f64 = 0.5;
 
 /// One identity configured in the file: `[identities.<name>]`.
 #[derive(Debug, Clone)]
@@ -1492,6 +1579,78 @@ fn build_imds(
         max_session_tokens: usize::try_from(max_session_tokens).ok()?,
         min_remaining,
     }))
+}
+
+/// Default listen address of the admin listener (metrics, health probes).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8909";
+const DEFAULT_ADMIN_COGNITO_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_ADMIN_PROBE_WAIT: Duration = Duration::from_millis(800);
+
+/// The admin listener: `[admin]`. Serves `/metrics`, `/livez` and `/readyz`, never credentials.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Whether the admin listener runs at all.
+    pub enabled: bool,
+    /// Where it listens. Any address is accepted without `allow_non_loopback`: it serves no
+    /// credentials, and kubelet probes and Prometheus reach a pod on its pod IP, not loopback.
+    pub listen: SocketAddr,
+    /// Least time between two Cognito reachability probes made on behalf of `/readyz` (a probe
+    /// is an unsigned GetId with a placeholder login; it is made only while nothing proves
+    /// Cognito answers: no recent answer and no servable credentials cached).
+    pub cognito_probe_interval: Duration,
+    /// How long `/readyz` waits for a probe it started before answering with what it knows
+    /// (keep it under the kubelet probe's `timeoutSeconds`, 1 s by default).
+    pub probe_wait: Duration,
+}
+
+fn build_admin(
+    s: &Section<'_>,
+    server: Option<&ServerConfig>,
+    imds: Option<&ImdsConfig>,
+) -> Option<AdminConfig> {
+    let enabled = s.bool_or("enabled", true);
+    let listen = s.socket_addr_or("listen", DEFAULT_ADMIN_LISTEN, true);
+    let cognito_probe_interval = s.duration_in(
+        "cognito_probe_interval",
+        DEFAULT_ADMIN_COGNITO_PROBE_INTERVAL,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    );
+    let probe_wait = s.duration_in(
+        "probe_wait",
+        DEFAULT_ADMIN_PROBE_WAIT,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    let listen = listen?;
+    if enabled && listen.port() != 0 {
+        let taken = [
+            ("server.listen", server.map(|c| c.listen)),
+            ("imds.listen", imds.map(|c| c.listen)),
+        ];
+        for (name, other) in taken {
+            if other.is_some_and(|o| o.port() == listen.port() && overlaps(o.ip(), listen.ip())) {
+                s.error(
+                    "listen",
+                    format!(
+                        "{listen} collides with {name}; the admin listener needs its own port \
+                         (default {DEFAULT_ADMIN_LISTEN})"
+                    ),
+                );
+            }
+        }
+    }
+    Some(AdminConfig {
+        enabled,
+        listen,
+        cognito_probe_interval,
+        probe_wait,
+    })
+}
+
+/// Whether two bind addresses on the same port would collide.
+fn overlaps(a: IpAddr, b: IpAddr) -> bool {
+    a == b || a.is_unspecified() || b.is_unspecified()
 }
 
 /// Parses `90s`, `20m`, `1h30m`, `500ms`, `2d`, or a bare number of seconds.
@@ -2020,6 +2179,34 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_service_links_are_not_settings_but_single_underscore_typos_are_reported() {
+        let mut sources = Sources::from_toml(MINIMAL);
+        sources.env = vec![
+            ("CREDBROKER_SERVICE_HOST".into(), "10.0.0.7".into()),
+            ("CREDBROKER_SERVICE_PORT".into(), "8900".into()),
+            ("CREDBROKER_PORT".into(), "tcp://10.0.0.7:8900".into()),
+            ("CREDBROKER_PORT_8900_TCP_ADDR".into(), "10.0.0.7".into()),
+        ];
+        let c = load(&sources).expect("service links are ignored");
+        assert_eq!(c.server.listen.port(), 8900);
+
+        sources.env = vec![
+            ("CREDBROKER_SERVER_LISTEN".into(), "127.0.0.1:9100".into()),
+            ("CREDBROKER_SERVR__LISTEN".into(), "127.0.0.1:9100".into()),
+        ];
+        let errors = errors_of(&sources).join("\n");
+        assert!(
+            errors.contains("CREDBROKER_SERVER_LISTEN: settings take a double underscore")
+                && errors.contains("did you mean CREDBROKER_SERVER__LISTEN?"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("CREDBROKER_SERVR__LISTEN: environment setting for unknown section"),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn an_unknown_environment_setting_is_reported() {
         let mut sources = Sources::from_toml(MINIMAL);
         sources.env = vec![("CREDBROKER_CACHE__MIN_REMAINIG".into(), "25m".into())];
@@ -2273,5 +2460,53 @@ mod tests {
         assert!(!is_uuid("0f1e2d3c4b5a46978877665544332211"));
         assert!(is_role_arn("arn:aws:iam::123456789012:role/app-users"));
         assert!(!is_role_arn("arn:aws:iam::123:role/x"));
+    }
+
+    #[test]
+    fn admin_defaults_to_loopback_8909_and_may_bind_any_address() {
+        let c = Config::from_toml(MINIMAL).expect("valid");
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.listen, "127.0.0.1:8909".parse().expect("addr"));
+        assert_eq!(c.admin.cognito_probe_interval, Duration::from_secs(10));
+        assert_eq!(c.admin.probe_wait, Duration::from_millis(800));
+        // Kubelet probes and Prometheus use the pod IP; the admin listener serves no credentials.
+        let c = Config::from_toml(&format!(
+            "{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9100\"\ncognito_probe_interval = \"30s\"\n\
+             probe_wait = \"0s\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.admin.listen, "0.0.0.0:9100".parse().expect("addr"));
+        assert_eq!(c.admin.cognito_probe_interval, Duration::from_secs(30));
+        assert_eq!(c.admin.probe_wait, Duration::ZERO);
+    }
+
+    #[test]
+    fn admin_problems_are_reported_at_once() {
+        let errors = errors_of(&Sources::from_toml(format!(
+            "{MINIMAL}\n[server]\nlisten = \"127.0.0.1:8909\"\n\
+             [admin]\nlisten = \"0.0.0.0:8909\"\ncognito_probe_interval = \"1ms\"\n\
+             probe_wait = \"soon\"\nenable = false\n"
+        )));
+        let expected = [
+            "admin.listen: 0.0.0.0:8909 collides with server.listen",
+            "admin.cognito_probe_interval: 1ms is out of range",
+            "admin.probe_wait:",
+            "admin.enable: unknown setting (did you mean \"enabled\"?)",
+        ];
+        for e in expected {
+            assert!(
+                errors.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        // Port 0 never collides, and a disabled listener is not checked.
+        let ok = format!(
+            "{MINIMAL}\n[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+        );
+        assert!(Config::from_toml(&ok).is_ok());
+        let off =
+            format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:8909\"\n[admin]\nenabled = false\n");
+        assert!(!Config::from_toml(&off).expect("valid").admin.enabled);
     }
 }

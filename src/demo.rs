@@ -6,7 +6,8 @@
 //!
 //! Promises:
 //! - everything binds loopback; the broker takes `127.0.0.1:8900` (and `127.0.0.1:8904` for
-//!   IMDS) when free, else any ports, and prints what it took;
+//!   IMDS, `127.0.0.1:8909` for the admin listener) when free, else any ports, and prints what
+//!   it took, including the `/metrics` URL;
 //! - the demo user is also a configured identity whose refresh token (minted by the emulated
 //!   issuer, next to the token file) the broker redeems and rotates; the IMDS endpoint serves it
 //!   and the instructions print `AWS_EC2_METADATA_SERVICE_ENDPOINT`;
@@ -27,6 +28,9 @@ use crate::emulator::appsync::{AppSyncEmulator, AppSyncOptions};
 use crate::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
 use crate::emulator::oidc::{IssuerOptions, OidcIssuer};
 
+/// The demo's gRPC port (next to the container endpoint's 8900; 8901/8902 are the emulators').
+pub const DEMO_GRPC_PORT: u16 = 8903;
+
 /// The demo user's subject.
 pub const DEMO_SUBJECT: &str = "auth0|demo-user";
 
@@ -37,6 +41,8 @@ pub const DEMO_CREATE_TODO: &str = r#"{"query":"mutation { createTodo(content: \
 pub const DEMO_LIST_TODOS: &str = r#"{"query":"{ listTodos { id content owner } }"}"#;
 /// The port the demo's IMDS endpoint prefers (8901/8902: emulators, 8903: gRPC).
 pub const DEMO_IMDS_PORT: u16 = 8904;
+/// The port the demo's admin listener (metrics, probes) prefers: the `[admin]` default.
+pub const DEMO_ADMIN_PORT: u16 = 8909;
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -138,6 +144,9 @@ fn demo_toml(
 [server]
 listen = "{listen}"
 
+[grpc]
+listen = "{grpc}"
+
 [providers.demo]
 issuer = "{issuer}"
 audiences = ["{audience}"]
@@ -160,6 +169,15 @@ auth = "iam"
 "#,
         appsync = appsync.url(),
         appsync_region = appsync.region(),
+        // Port 0 for the container endpoint means "any free port" for gRPC too.
+        grpc = SocketAddr::new(
+            listen.ip(),
+            if listen.port() == 0 {
+                0
+            } else {
+                DEMO_GRPC_PORT
+            }
+        ),
         issuer = issuer.issuer(),
         audience = issuer.audience(),
         region = cognito.region(),
@@ -204,7 +222,7 @@ pub async fn start(options: &DemoOptions, clock: SharedClock) -> Result<Demo, De
         &refresh_token_file,
         &issuer.issue_refresh_token(DEMO_SUBJECT),
     )?;
-    let config = |listen, imds| {
+    let config = |listen: SocketAddr, imds| {
         demo_config_with_imds(
             listen,
             imds,
@@ -213,6 +231,16 @@ pub async fn start(options: &DemoOptions, clock: SharedClock) -> Result<Demo, De
             &cognito,
             &appsync,
         )
+        .map(|mut c| {
+            // The admin listener follows the broker: its default port, or any when it took any.
+            let port = if listen.port() == 0 {
+                0
+            } else {
+                DEMO_ADMIN_PORT
+            };
+            c.admin.listen = SocketAddr::new(listen.ip(), port);
+            c
+        })
     };
     let imds_port = if options.listen.port() == 0 {
         0
@@ -266,6 +294,7 @@ impl Demo {
              \x20 issuer (OIDC):     {issuer}\n\
              \x20 Cognito Identity:  {cognito}\n\
              \x20 credentials:       {url}\n\
+             \x20 metrics:           {metrics} (also /livez, /readyz)\n\
              \x20 demo user:         {DEMO_SUBJECT} (ID token in {file})\n\n\
              Point any AWS SDK at it (the SDK sends the token file's contents as Authorization):\n\n\
              \x20 export AWS_CONTAINER_CREDENTIALS_FULL_URI={url}\n\
@@ -287,15 +316,17 @@ impl Demo {
              \x20   -d '{create}' {graphql}\n\
              \x20 curl -s -H \"Authorization: $(cat {file})\" -H 'Content-Type: application/json' \\\n\
              \x20   -d '{list}' {graphql}\n\n\
-             Ctrl-C stops everything.",
+             {grpc}Ctrl-C stops everything.",
             issuer = self.issuer.issuer(),
             cognito = self.cognito.endpoint_url(),
             imds = self.running.imds_url().unwrap_or_default(),
+            metrics = self.running.metrics_url().unwrap_or_default(),
             refresh = self.token_file.with_file_name("refresh-token").display(),
             appsync = self.appsync.url(),
             graphql = self.graphql_url(),
             create = DEMO_CREATE_TODO,
             list = DEMO_LIST_TODOS,
+            grpc = self.grpc_instructions(),
         )
     }
 
@@ -305,6 +336,23 @@ impl Demo {
             "http://{}{}",
             self.running.container_addr,
             crate::server::appsync::DEFAULT_GRAPHQL_PATH
+        )
+    }
+
+    /// The gRPC part of the instructions (empty when gRPC is off).
+    fn grpc_instructions(&self) -> String {
+        let Some(addr) = self.running.grpc.tcp else {
+            return String::new();
+        };
+        let file = self.token_file.display();
+        let exchange = format!(
+            r#"grpcurl -plaintext -d "{{\"id_token\": \"$(cat {file})\"}}" {addr} credbroker.v1.Broker/Exchange"#
+        );
+        format!(
+            "The gRPC API (credbroker.v1.Broker, with health and reflection) is at \
+             grpc://{addr}:\n\n\
+             \x20 grpcurl -plaintext {addr} list\n\
+             \x20 {exchange}\n\n"
         )
     }
 

@@ -8,13 +8,17 @@
 //! - hot-path counters are resolved to concrete handles once, so serving cached credentials
 //!   costs a few atomic increments;
 //! - [`Metrics::render`] produces the Prometheus text exposition format (checked with
-//!   `promtool check metrics` in CI).
+//!   `promtool check metrics` by `deploy/validate.sh`);
+//! - every series of a bounded, known label set starts at 0 (a dashboard or alert never meets
+//!   a missing series because the event has not happened yet);
+//! - process metrics keep their standard names (`process_cpu_seconds_total`, …, no prefix) so
+//!   generic dashboards and alerts apply.
 
 use std::sync::Arc;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The surfaces credentials are served on (a bounded label).
@@ -54,6 +58,8 @@ pub struct Metrics {
 /// The metric handles. Fields are public so components record directly.
 pub struct Inner {
     registry: Registry,
+    /// `process_*` (unprefixed, as every Prometheus client names them).
+    process: Registry,
     /// `credbroker_token_validations_total{provider, outcome}`.
     pub token_validations: IntCounterVec,
     /// `credbroker_jwks_fetches_total{provider, result}`.
@@ -93,6 +99,18 @@ pub struct Inner {
     pub appsync_upstream: IntCounterVec,
     /// `credbroker_appsync_upstream_duration_seconds{api}`: time to AppSync's answer head.
     pub appsync_upstream_latency: HistogramVec,
+    /// `credbroker_ready`: 1 when `/readyz` would answer 200 (set when readiness is evaluated:
+    /// each `/readyz` and each scrape).
+    pub ready: IntGauge,
+    /// `credbroker_provider_keys_loaded{provider}`: 1 once the provider's JWKS loaded.
+    pub provider_keys_loaded: IntGaugeVec,
+    /// `credbroker_cognito_reachable`: 1 when Cognito's last answer (call or probe) proves the
+    /// endpoint answers.
+    pub cognito_reachable: IntGauge,
+    /// `credbroker_cognito_probes_total{outcome}`: readiness probes of the Cognito endpoint.
+    pub cognito_probes: IntCounterVec,
+    /// `credbroker_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
     /// Pre-resolved hot-path handles.
     pub hot: HotPath,
 }
@@ -181,11 +199,12 @@ impl Metrics {
         r.register(Box::new(served_below_min_remaining.clone()))
             .expect("unique metric");
 
+        let process = Registry::new();
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             // A second registration (several brokers in one test process) is harmless to skip.
-            let _ = r.register(Box::new(pc));
+            let _ = process.register(Box::new(pc));
         }
 
         let hot = HotPath {
@@ -203,7 +222,53 @@ impl Metrics {
                 .collect(),
         };
 
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let provider_keys_loaded = int_gauge_vec(
+            "provider_keys_loaded",
+            "1 once the provider's discovery document and JWKS loaded at least once, else 0.",
+            &["provider"],
+        );
+        for p in providers {
+            provider_keys_loaded.with_label_values(&[p.as_str()]).set(0);
+        }
+        let build_info = int_gauge_vec(
+            "build_info",
+            "Always 1; the version label says which credbroker build runs.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let ready = int_gauge(
+            "ready",
+            "1 when /readyz answers 200 (keys loaded, Cognito answers, not shutting down), else 0.",
+        );
+        let cognito_reachable = int_gauge(
+            "cognito_reachable",
+            "1 when Cognito's last answer to a call or probe shows the endpoint answers, else 0.",
+        );
+
         let inner = Inner {
+            ready,
+            provider_keys_loaded,
+            cognito_reachable,
+            cognito_probes: counter_vec(
+                r,
+                "cognito_probes_total",
+                "Readiness probes of the Cognito endpoint (unsigned GetId with a placeholder \
+                 login), by outcome (answered, or the failure class).",
+                &["outcome"],
+            ),
+            build_info,
             jwks_fetches: counter_vec(
                 r,
                 "jwks_fetches_total",
@@ -285,6 +350,7 @@ impl Metrics {
                 &["api"],
             ),
             registry,
+            process,
             token_validations,
             cache_lookups,
             identities_cached,
@@ -293,6 +359,7 @@ impl Metrics {
             request_latency,
             hot,
         };
+        inner.initialize(providers);
         Self {
             inner: Arc::new(inner),
         }
@@ -301,7 +368,8 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        let families = self.inner.registry.gather();
+        let mut families = self.inner.registry.gather();
+        families.extend(self.inner.process.gather());
         if TextEncoder::new().encode(&families, &mut buf).is_err() {
             return String::new();
         }
@@ -327,6 +395,54 @@ impl Metrics {
     }
 }
 
+impl Inner {
+    /// Creates the series of known label values at 0.
+    fn initialize(&self, providers: &[String]) {
+        for result in ["hit", "miss", "joined", "negative"] {
+            self.cache_lookups.with_label_values(&[result]);
+        }
+        for cause in ["idle", "capacity", "revoked"] {
+            self.cache_evictions.with_label_values(&[cause]);
+        }
+        for trigger in ["ahead", "on_demand"] {
+            for result in ["ok", "failed"] {
+                self.refreshes.with_label_values(&[trigger, result]);
+            }
+        }
+        for op in ["GetId", "GetCredentialsForIdentity"] {
+            for outcome in [
+                "ok",
+                "throttled",
+                "not_authorized",
+                "unavailable",
+                "timeout",
+            ] {
+                self.cognito_calls.with_label_values(&[op, outcome]);
+            }
+            self.cognito_retries.with_label_values(&[op]);
+            self.cognito_latency.with_label_values(&[op]);
+        }
+        for p in providers {
+            let p = p.as_str();
+            for outcome in ["ok", "cached"] {
+                self.token_validations.with_label_values(&[p, outcome]);
+            }
+            for result in ["ok", "error"] {
+                self.jwks_fetches.with_label_values(&[p, result]);
+            }
+            self.jwks_rotations.with_label_values(&[p]);
+            self.jwks_refetch_suppressed.with_label_values(&[p]);
+        }
+        self.issued
+            .with_label_values(&[Surface::Container.as_str()]);
+        self.request_latency
+            .with_label_values(&[Surface::Container.as_str()]);
+        for outcome in ["answered", "unavailable", "timeout"] {
+            self.cognito_probes.with_label_values(&[outcome]);
+        }
+    }
+}
+
 impl std::ops::Deref for Metrics {
     type Target = Inner;
     fn deref(&self) -> &Inner {
@@ -337,5 +453,42 @@ impl std::ops::Deref for Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_series_start_at_zero_and_process_metrics_keep_standard_names() {
+        let text = Metrics::new(&["auth0".to_owned()]).render();
+        for series in [
+            "credbroker_cache_lookups_total{result=\"joined\"} 0",
+            "credbroker_cache_evictions_total{cause=\"idle\"} 0",
+            "credbroker_refreshes_total{result=\"failed\",trigger=\"ahead\"} 0",
+            "credbroker_cognito_calls_total{operation=\"GetId\",outcome=\"throttled\"} 0",
+            "credbroker_cognito_retries_total{operation=\"GetCredentialsForIdentity\"} 0",
+            "credbroker_jwks_key_rotations_total{provider=\"auth0\"} 0",
+            "credbroker_served_below_min_remaining_total 0",
+            "credbroker_ready 0",
+            "credbroker_provider_keys_loaded{provider=\"auth0\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series}\n{text}");
+        }
+        assert!(text.contains("credbroker_build_info{version=\""));
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+            assert!(!text.contains("credbroker_process_"), "{text}");
+        }
+        // Every family has help text.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap_or_default();
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("# HELP {name} ")) && l.len() > name.len() + 12),
+                "{name} has no help"
+            );
+        }
     }
 }

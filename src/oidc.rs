@@ -58,6 +58,9 @@ pub struct VerifiedToken {
     pub raw: SecretString,
     /// SHA-256 of the raw token (never logged; used as a cache key).
     pub digest: [u8; 32],
+    /// The OAuth client the token was issued to: `azp` when present, else the first `aud` that
+    /// is one of the provider's accepted audiences (the client a refresh token belongs to).
+    pub client_id: Arc<str>,
     /// The provider's key-withdrawal generation when this token was verified.
     generation: u64,
 }
@@ -875,7 +878,7 @@ impl Validator {
         let subject = string_claim(&parsed.claims, "sub")?
             .filter(|s| !s.is_empty())
             .ok_or_else(|| missing("sub"))?;
-        self.check_audience(&provider, &parsed.claims)?;
+        let client_id = self.check_audience(&provider, &parsed.claims)?;
         let generation = provider.withdrawals.load(Ordering::Acquire);
         self.check_signature(&provider, &parsed, alg).await?;
 
@@ -885,6 +888,7 @@ impl Validator {
             expires_at: exp,
             raw: SecretString::from(raw),
             digest,
+            client_id: client_id.into(),
             generation,
         }))
     }
@@ -916,11 +920,12 @@ impl Validator {
         })
     }
 
+    /// Checks `aud`/`azp` against the accepted audiences; returns the accepted client id.
     fn check_audience(
         &self,
         provider: &Provider,
         claims: &serde_json::Map<String, Value>,
-    ) -> Result<(), TokenError> {
+    ) -> Result<String, TokenError> {
         let accepted = &provider.config.audiences;
         let audiences: Vec<String> = match claims.get("aud") {
             Some(Value::String(a)) => vec![a.clone()],
@@ -937,12 +942,12 @@ impl Validator {
             }
         };
         let azp = string_claim(claims, "azp")?;
-        let ok = match &azp {
-            Some(azp) => accepted.contains(azp),
-            None => audiences.iter().any(|a| accepted.contains(a)),
+        let client = match &azp {
+            Some(azp) => accepted.contains(azp).then(|| azp.clone()),
+            None => audiences.iter().find(|a| accepted.contains(a)).cloned(),
         };
-        if ok {
-            return Ok(());
+        if let Some(client) = client {
+            return Ok(client);
         }
         if audiences.is_empty() && azp.is_none() {
             return Err(TokenError::MissingClaim {
@@ -1013,4 +1018,48 @@ impl Validator {
             detail,
         })
     }
+}
+
+/// A verified token for unit tests elsewhere in the crate (no signature involved).
+#[cfg(test)]
+pub(crate) fn test_token(
+    issuer: &str,
+    subject: &str,
+    expires_at: SystemTime,
+) -> Arc<VerifiedToken> {
+    let tokens = TokenConfig {
+        max_token_bytes: 8192,
+        leeway: Duration::from_secs(60),
+        verified_cache_capacity: 16,
+        jwks_refetch_interval: Duration::from_secs(30),
+        jwks_refresh_interval: Duration::from_secs(3600),
+        oidc_timeout: Duration::from_secs(1),
+        min_token_validity: Duration::from_secs(60),
+    };
+    let config = ProviderConfig {
+        name: "test".to_owned(),
+        issuer: issuer.to_owned(),
+        audiences: vec!["client".to_owned()],
+        algorithms: vec![Algorithm::Rs256],
+        logins_key: crate::config::derive_logins_key(issuer),
+    };
+    let provider = Arc::new(Provider::new(
+        config,
+        &tokens,
+        http::client(tokens.oidc_timeout),
+        Metrics::new(&[]),
+    ));
+    let raw = format!(
+        "test-token-for-{subject}-{}",
+        clock::unix_millis(expires_at)
+    );
+    Arc::new(VerifiedToken {
+        provider,
+        subject: subject.into(),
+        expires_at,
+        digest: Sha256::digest(raw.as_bytes()).into(),
+        raw: raw.into(),
+        client_id: "client".into(),
+        generation: 0,
+    })
 }

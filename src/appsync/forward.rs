@@ -33,6 +33,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::caller::Caller;
 use super::operations::{self, OperationError};
 use crate::broker::{Broker, BrokerError, ErrorReply};
 use crate::clock;
@@ -40,7 +41,6 @@ use crate::config::{AppSyncApiConfig, AppSyncAuth, AppSyncConfig};
 use crate::http::{HttpsClient, error_chain};
 use crate::identity::Issued;
 use crate::metrics::Surface;
-use crate::oidc::VerifiedToken;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// proxy-era ones clients still send.
@@ -237,7 +237,7 @@ impl Forwarder {
         &self,
         broker: &Broker,
         api: &Api,
-        caller: &Arc<VerifiedToken>,
+        caller: &Caller,
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<http::Response<Incoming>, ForwardError> {
@@ -263,20 +263,24 @@ impl Forwarder {
         let now = broker.clock().now();
         match api.config.auth {
             AppSyncAuth::Oidc => {
-                let remaining = clock::saturating_sub(caller.expires_at, now);
+                let remaining = clock::saturating_sub(caller.token.expires_at, now);
                 if remaining <= self.token_expiry_margin {
                     return Err(ForwardError::TokenExpiringSoon {
                         remaining,
                         margin: self.token_expiry_margin,
                     });
                 }
-                let mut value = HeaderValue::from_str(caller.raw.expose_str())
+                let mut value = HeaderValue::from_str(caller.token.raw.expose_str())
                     .map_err(|e| ForwardError::Signing(e.to_string()))?;
                 value.set_sensitive(true);
                 request.headers_mut().insert(header::AUTHORIZATION, value);
             }
             AppSyncAuth::Iam => {
-                let work = broker.credentials_for_token(caller, None, Surface::Appsync);
+                let work = broker.credentials_for_token(
+                    &caller.token,
+                    caller.role.as_deref(),
+                    Surface::Appsync,
+                );
                 let issued = tokio::time::timeout(self.credentials_timeout, work)
                     .await
                     .map_err(|_| ForwardError::Credentials(BrokerError::Timeout))?

@@ -8,8 +8,8 @@
 //! live in [`crate::server::appsync`].
 //!
 //! ```text
-//!  app ──POST /appsync/<api>/graphql, Authorization: <ID token>──▶ server::appsync
-//!        caller::resolve (ID token → VerifiedToken; sessions slot in here later)
+//!  app ──POST /appsync/<api>/graphql, Authorization: <ID token | cbs_ handle>──▶ server::appsync
+//!        caller::resolve (ID token or session → Caller { VerifiedToken, role })
 //!        operations::check (allowed_operations, when configured)
 //!        forward::Forwarder ──oidc: Authorization: <raw JWT>──────────▶ AppSync
 //!                           ──iam:  SigV4(appsync, region) with ───────▶ AppSync

@@ -11,8 +11,8 @@
 //! | `/appsync/{api}/realtime`     | reserved: WebSocket subscriptions (not yet)      |
 //!
 //! Promises:
-//! - the caller authenticates like on the credentials endpoint (`Authorization: <ID token>`,
-//!   `Bearer ` accepted), resolved by [`crate::appsync::caller::resolve`];
+//! - the caller authenticates like on the credentials endpoint (`Authorization: <ID token>` or
+//!   a session handle, `Bearer ` accepted), resolved by [`crate::appsync::caller::resolve`];
 //! - requests carrying `X-Forwarded-For` or `Forwarded` are refused (400), as on the credentials
 //!   endpoint: a proxy in front would make every user's requests come from "local";
 //! - a body larger than `appsync.max_body_bytes` is answered 413 without contacting AppSync

@@ -13,9 +13,11 @@
 //! - errors are always a non-200 status with `{"Code","Message"}` (a 200 carrying only
 //!   Code/Message crashes botocore), plus `Retry-After` when retrying helps.
 
+pub mod admin;
 pub mod appsync;
 pub mod container;
 pub mod imds;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -98,6 +98,9 @@ pub enum SourceErrorKind {
     InvalidToken(&'static str),
     /// No token yet (start-up did not finish within the request timeout).
     NotReady,
+    /// The source yielded a valid token for a different user than the one it must serve (a
+    /// session's refresh token from another login). Terminal.
+    IdentityMismatch,
 }
 
 /// Why a source has no usable token. Messages never contain a token or secret.
@@ -143,6 +146,7 @@ impl SourceError {
             SourceErrorKind::Transient => (503, "IdentitySourceUnavailable", Some(5)),
             SourceErrorKind::InvalidToken(code) => (401, code, None),
             SourceErrorKind::NotReady => (503, "IdentityNotReady", Some(1)),
+            SourceErrorKind::IdentityMismatch => (403, "RefreshTokenMismatch", None),
         };
         ErrorReply {
             status,
@@ -176,6 +180,9 @@ pub struct SourceDriver {
     clock: SharedClock,
     keepalive: Duration,
     status: watch::Sender<Status>,
+    /// When set, the only user (issuer, subject) whose tokens are accepted (see
+    /// [`SourceDriver::for_user`]).
+    user: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl SourceDriver {
@@ -202,7 +209,17 @@ impl SourceDriver {
             clock,
             keepalive: keepalive.max(Duration::from_secs(1)),
             status: watch::Sender::new(Status::default()),
+            user: None,
         }
+    }
+
+    /// Accepts only tokens of this user (issuer and subject): any other user's token is a
+    /// terminal [`SourceErrorKind::IdentityMismatch`], checked before the token is offered to
+    /// the cache (so no credentials are obtained for the other user). Sessions use this: their
+    /// refresh token must belong to the user of their ID token.
+    pub fn for_user(mut self, issuer: &str, subject: &str) -> Self {
+        self.user = Some((issuer.into(), subject.into()));
+        self
     }
 
     /// Follows the driver's [`Status`].
@@ -234,6 +251,15 @@ impl SourceDriver {
                     "the token was issued by provider {}, not {}",
                     token.provider.config.name, self.provider.config.name
                 ),
+            ));
+        }
+        if let Some((issuer, subject)) = &self.user
+            && (**issuer != *token.provider.config.issuer || *subject != token.subject)
+        {
+            return Err(SourceError::new(
+                SourceErrorKind::IdentityMismatch,
+                "the refresh token belongs to a different user (issuer and subject) than the \
+                 ID token; send the refresh token from the same login",
             ));
         }
         // Offer the token (background refresh uses the newest one) and warm the credentials;

@@ -512,3 +512,92 @@ async fn proxy_hygiene_forwarded_refusal_hop_by_hop_and_allowed_operations() {
     assert_eq!(h.appsync().stats().requests, 2);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn session_handles_are_accepted_in_both_modes_with_the_sessions_current_token() {
+    let h = Harness::with(Tweaks {
+        appsync: Some(String::new()),
+        in_process_cognito: true,
+        in_process_issuer: true,
+        issuer_options: Some(credbroker::emulator::oidc::IssuerOptions {
+            token_lifetime: Duration::from_secs(120),
+            ..Default::default()
+        }),
+        tokens: "jwks_refresh_interval = \"7d\"".into(),
+        ..Tweaks::default()
+    })
+    .await;
+    let user = "auth0|appsync-session";
+    let id_token = h.issuer.token_for(user);
+    let reply = crate::sessions::post_json(
+        &h,
+        "/v1/sessions",
+        &json!({ "id_token": id_token, "refresh_token": h.issuer.issue_refresh_token(user) })
+            .to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let handle = reply.json()["session_token"]
+        .as_str()
+        .expect("handle")
+        .to_owned();
+
+    // Ten minutes later the ID token the session was created with has expired; the session
+    // holds a newer one, redeemed from its refresh token.
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    tokio::time::resume();
+    let expired = create(&h, "/appsync/graphql", &id_token, "with the old token").await;
+    assert_eq!(
+        (expired.status, expired.json()["Code"].as_str()),
+        (401, Some("TokenExpired"))
+    );
+
+    // OIDC mode: AppSync gets the session's current raw ID token (and verifies it).
+    let made = create(&h, "/appsync/graphql", &format!("Bearer {handle}"), "oidc").await;
+    assert_eq!(made.status, 200, "{}", made.text());
+    assert_eq!(made.json()["data"]["createTodo"]["owner"], user);
+    // IAM mode: signed with the session identity's Cognito credentials.
+    let made = create(&h, "/appsync/iam/graphql", &handle, "iam").await;
+    assert_eq!(made.status, 200, "{}", made.text());
+    let owner = made.json()["data"]["createTodo"]["owner"]
+        .as_str()
+        .expect("owner")
+        .to_owned();
+    let session = h.running().broker.sessions.get(&handle).expect("live");
+    let identity = h
+        .running()
+        .broker
+        .identities
+        .identities()
+        .into_iter()
+        .find(|i| i.key().subject == session.subject)
+        .expect("the session's identity");
+    assert_eq!(
+        Some(owner.as_str()),
+        identity.identity_id().as_deref(),
+        "the owner is the session's Cognito identity"
+    );
+    let stats = h.appsync().stats();
+    assert_eq!((stats.oidc_authorized, stats.iam_authorized), (1, 1));
+
+    // A revoked handle is refused before anything reaches AppSync.
+    let url = format!("http://{}/v1/sessions/current", h.running().container_addr);
+    assert_eq!(
+        h.request("DELETE", &url, &[("authorization", &handle)])
+            .await
+            .status,
+        200
+    );
+    for path in ["/appsync/graphql", "/appsync/iam/graphql"] {
+        let refused = create(&h, path, &handle, "after logout").await;
+        assert_eq!(
+            (refused.status, refused.json()["Code"].as_str()),
+            (401, Some("InvalidSession")),
+            "{path}"
+        );
+    }
+    let stats = h.appsync().stats();
+    assert_eq!((stats.oidc_authorized, stats.iam_authorized), (1, 1));
+    h.stop().await;
+}

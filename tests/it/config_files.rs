@@ -66,6 +66,10 @@ async fn the_emulators_file_drives_a_broker_against_credbroker_emulators() {
             "CREDBROKER_SERVER__LISTEN".to_owned(),
             "127.0.0.1:0".to_owned(),
         ),
+        (
+            "CREDBROKER_ADMIN__LISTEN".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
     ];
     let c = config::load(&Sources {
         file: Some(shipped("emulators.toml")),
@@ -93,4 +97,48 @@ async fn the_emulators_file_drives_a_broker_against_credbroker_emulators() {
     assert_eq!(emulators.cognito.stats().get_id.calls, 1);
     running.stop().await;
     emulators.stop();
+}
+
+/// Uncommenting every documented key of the example (except files that must exist) still gives
+/// a valid configuration: the example documents real keys with valid values.
+#[test]
+fn every_key_documented_in_the_example_is_a_real_key() {
+    let text = std::fs::read_to_string(shipped("credbroker.example.toml")).expect("example");
+    let mut uncommented = 0;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let Some(rest) = line.strip_prefix("# ") else {
+                return line.to_owned();
+            };
+            let is_table = rest.starts_with('[')
+                && rest.ends_with(']')
+                && !rest.contains(' ')
+                && !rest.contains('<');
+            let is_key = rest.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            });
+            if (is_table || is_key) && !rest.starts_with("client_secret_file") {
+                uncommented += 1;
+                rest.to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    assert!(uncommented > 60, "only {uncommented} documented keys found");
+    let c = config::load(&Sources::from_toml(lines.join("\n")))
+        .unwrap_or_else(|e| panic!("the fully uncommented example is invalid:\n{e}"));
+    assert_eq!(c.providers.len(), 2, "auth0 and the user pool example");
+    let pool = c
+        .providers
+        .iter()
+        .find(|p| p.issuer.starts_with("https://cognito-idp."))
+        .expect("user pool provider");
+    assert_eq!(
+        pool.logins_key,
+        "cognito-idp.us-east-1.amazonaws.com/us-east-1_AbCdEfGhI"
+    );
+    assert!(c.imds.is_some());
+    assert_eq!(c.appsync.apis.len(), 2);
 }

@@ -137,6 +137,20 @@ async fn trace_logs_contain_no_secrets_and_one_audit_line_per_issuance() {
             .iter()
             .all(|l| l.contains("subject_hash=") && !l.contains("auth0|"))
     );
+    // Who, where and until when: every field an auditor needs, none of the secrets above.
+    for field in [
+        "surface=\"container\"",
+        "provider=test",
+        "identity_id=",
+        "access_key_id=",
+        "expiration=",
+    ] {
+        assert!(
+            audit.iter().all(|l| l.contains(field)),
+            "{field} missing:\n{}",
+            audit.join("\n")
+        );
+    }
     h.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

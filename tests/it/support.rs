@@ -32,6 +32,13 @@ pub struct Tweaks {
     pub cache: String,
     pub cognito: String,
     pub provider: String,
+    /// `[grpc]` and `[sessions]` settings.
+    pub grpc: String,
+    pub sessions: String,
+    /// Start with the issuer unreachable (the provider is not ready at start).
+    pub issuer_down_at_start: bool,
+    /// Extra `[admin]` TOML (the admin listener always binds 127.0.0.1:0 here).
+    pub admin: String,
     /// Use the emulator in-process instead of the SDK over HTTP (paused-time tests).
     pub in_process_cognito: bool,
     pub cognito_options: Option<CognitoOptions>,
@@ -87,6 +94,15 @@ endpoint_url = "{endpoint}"
 
 [cache]
 {cache}
+
+[grpc]
+{grpc}
+
+[sessions]
+{sessions}
+[admin]
+listen = "127.0.0.1:0"
+{admin}
 "#,
         server = t.server,
         tokens = t.tokens,
@@ -98,6 +114,9 @@ endpoint_url = "{endpoint}"
         endpoint = cognito.endpoint_url(),
         cognito_extra = t.cognito,
         cache = t.cache,
+        grpc = t.grpc,
+        sessions = t.sessions,
+        admin = t.admin,
     )
 }
 
@@ -149,6 +168,7 @@ impl Harness {
         )
         .await
         .expect("cognito");
+        issuer.set_unavailable(t.issuer_down_at_start);
         let appsync = match &t.appsync {
             Some(_) => Some(
                 AppSyncEmulator::start(
@@ -237,6 +257,13 @@ impl Harness {
         self.running().credentials_url()
     }
 
+    /// GET `path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let addr = self.running().admin_addr.expect("admin listener enabled");
+        self.request("GET", &format!("http://{addr}{path}"), &[])
+            .await
+    }
+
     /// GET the credentials endpoint with `Authorization: token` (none when empty).
     pub async fn get(&self, token: &str) -> Reply {
         let headers: Vec<(&str, &str)> = if token.is_empty() {
@@ -273,6 +300,16 @@ impl Harness {
         let path = self.dir.join(name);
         credbroker::fsutil::write_atomic(&path, token.as_bytes()).expect("token file");
         path
+    }
+
+    /// A gRPC channel to the broker's TCP gRPC listener.
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        let addr = self.running().grpc.tcp.expect("grpc.listen is configured");
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("gRPC connects")
     }
 
     pub fn get_id_calls(&self) -> u64 {

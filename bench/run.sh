@@ -24,8 +24,7 @@ if ! command -v valgrind >/dev/null 2>&1; then
   echo "valgrind not found: the callgrind instruction counts will be skipped" >&2
 fi
 
-echo "== building (release profile)"
-cargo build --release --locked --bin credbroker
+echo "== building (bench profile; the load harness runs the credbroker binary it builds)"
 cargo bench --locked --no-run --bench validation --bench load
 
 echo "== criterion micro-benchmarks (benches/validation.rs)"

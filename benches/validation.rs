@@ -36,6 +36,9 @@ fn config(issuer: &OidcIssuer, cognito: &CognitoEmulator, capacity: u64) -> Conf
 [server]
 listen = "127.0.0.1:0"
 
+[admin]
+enabled = false
+
 [tokens]
 verified_cache_capacity = {capacity}
 

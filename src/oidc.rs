@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -35,6 +36,7 @@ use openidconnect::core::{CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreProvid
 use openidconnect::{IssuerUrl, JsonWebKey, SignatureVerificationError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, SharedClock};
@@ -523,7 +525,13 @@ fn describe<E: std::error::Error + 'static>(e: &openidconnect::DiscoveryError<E>
 pub struct Validator {
     providers: Vec<Arc<Provider>>,
     by_issuer: HashMap<String, Arc<Provider>>,
-    verified: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+    /// Verified tokens by a keyed 64-bit hash of the raw token. A hit counts only when the
+    /// stored token is byte-equal to the presented one, so a collision is a miss (and a
+    /// re-verification), never a wrong answer. Cheaper per request than SHA-256: the hash runs
+    /// over the whole token on every cached request.
+    verified: moka::sync::Cache<u64, Arc<VerifiedToken>>,
+    /// Seeded at random per process, so nobody can aim collisions at someone else's entry.
+    lookup: foldhash::quality::RandomState,
     config: TokenConfig,
     clock: SharedClock,
     metrics: Metrics,
@@ -542,10 +550,10 @@ struct TokenExpiry {
     leeway: Duration,
 }
 
-impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for TokenExpiry {
+impl moka::Expiry<u64, Arc<VerifiedToken>> for TokenExpiry {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
+        _key: &u64,
         value: &Arc<VerifiedToken>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
@@ -711,6 +719,7 @@ impl Validator {
             providers,
             by_issuer,
             verified,
+            lookup: foldhash::quality::RandomState::default(),
             config: tokens.clone(),
             clock,
             metrics,
@@ -771,18 +780,17 @@ impl Validator {
                 },
             ));
         }
-        let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
+        let lookup = self.lookup.hash_one(raw.as_bytes());
         let now = self.clock.now();
-        if let Some(token) = self
-            .verified
-            .get(&digest)
-            .filter(|t| t.generation == t.provider.withdrawals.load(Ordering::Acquire))
-        {
+        if let Some(token) = self.verified.get(&lookup).filter(|t| {
+            bool::from(t.raw.expose_str().as_bytes().ct_eq(raw.as_bytes()))
+                && t.generation == t.provider.withdrawals.load(Ordering::Acquire)
+        }) {
             if now < token.expires_at + self.config.leeway {
                 self.metrics.token_cached(&token.provider.config.name);
                 return Ok(token);
             }
-            self.verified.invalidate(&digest);
+            self.verified.invalidate(&lookup);
             let provider = token.provider.config.name.clone();
             return Err(self.count_failure(
                 Some(&provider),
@@ -793,6 +801,7 @@ impl Validator {
             ));
         }
         let mut provider_name = None;
+        let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
         let result = self
             .validate_uncached(raw, digest, now, &mut provider_name)
             .await;
@@ -802,7 +811,7 @@ impl Validator {
                     .token_validations
                     .with_label_values(&[token.provider.config.name.as_str(), "ok"])
                     .inc();
-                self.verified.insert(digest, token.clone());
+                self.verified.insert(lookup, token.clone());
                 Ok(token)
             }
             Err(e) => Err(self.count_failure(provider_name.as_deref(), e)),
@@ -1062,4 +1071,56 @@ pub(crate) fn test_token(
         client_id: "client".into(),
         generation: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validator() -> (Validator, Arc<VerifiedToken>) {
+        let cached = test_token(
+            "https://issuer.test/",
+            "auth0|alice",
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        let tokens = TokenConfig {
+            max_token_bytes: 8192,
+            leeway: Duration::from_secs(60),
+            verified_cache_capacity: 16,
+            jwks_refetch_interval: Duration::from_secs(30),
+            jwks_refresh_interval: Duration::from_secs(3600),
+            oidc_timeout: Duration::from_secs(1),
+            min_token_validity: Duration::from_secs(60),
+        };
+        let validator = Validator::new(
+            std::slice::from_ref(&cached.provider.config),
+            &tokens,
+            http::client(tokens.oidc_timeout),
+            clock::system(),
+            Metrics::new(&[]),
+        );
+        (validator, cached)
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_served_only_to_the_byte_equal_token() {
+        let (validator, cached) = validator();
+        let raw = cached.raw.expose_str().to_owned();
+        // Where it belongs: served from the cache (the raw text is no JWT, so only the cache
+        // can have answered).
+        validator
+            .verified
+            .insert(validator.lookup.hash_one(raw.as_bytes()), cached.clone());
+        let hit = validator.validate(&raw).await.expect("cached");
+        assert!(Arc::ptr_eq(&hit, &cached));
+
+        // A hash collision, simulated by filing alice's token under another token's hash: the
+        // other token must be judged on its own (here: not a JWT), never handed alice's identity.
+        let other = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl";
+        validator
+            .verified
+            .insert(validator.lookup.hash_one(other.as_bytes()), cached.clone());
+        let refused = validator.validate(other).await;
+        assert!(refused.is_err(), "a colliding token got alice's identity");
+    }
 }

@@ -213,6 +213,9 @@ fn memory(counts: &str) -> Result<(), String> {
 [server]
 listen = "127.0.0.1:0"
 
+[admin]
+enabled = false
+
 [tokens]
 verified_cache_capacity = {cap}
 
@@ -401,7 +404,11 @@ fn spread(identities: usize, lifetime_min: u64, simulated_min: u64) -> Result<()
             r#"
 [server]
 listen = "127.0.0.1:0"
+
 max_pending_exchanges = {cap}
+
+[admin]
+enabled = false
 
 [tokens]
 jwks_refresh_interval = "7d"

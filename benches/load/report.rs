@@ -161,8 +161,8 @@ impl Report {
              Produced by `bash bench/run.sh` (criterion micro-benchmarks in `benches/validation.rs`, \
              system benchmarks in `benches/load/`). Every figure sits next to a baseline measured in \
              the same run, on the same machine, minutes apart: compare ratios, not absolute numbers, \
-             across machines. How to read each row: see `notes/readme-bench.md` (README section \
-             \"Benchmarks\").\n{quick}\n\
+             across machines. How to read each row: README, section \
+             \"Benchmarks\".\n{quick}\n\
              ## Machine\n\n{header}\n\n## Figures\n\n{table}\n## Notes\n\n{notes}\n\
              The load harness took {elapsed}.\n",
             header = self.header,

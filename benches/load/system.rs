@@ -127,6 +127,10 @@ fn broker_toml(
 max_pending_exchanges = 2000
 max_connections = 4096
 
+# Several brokers run at once (hot path + callgrind): none may hold the default admin port.
+[admin]
+listen = "127.0.0.1:0"
+
 [providers.bench]
 issuer = "{issuer}"
 audiences = ["{aud}"]

@@ -1,14 +1,10 @@
 //! The binary, run at trace level, never logs a token, secret key or session token.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::io::AsyncBufReadExt as _;
 
 use credbroker::emulator::oidc::{SigningAlg, TokenSpec};
 
-use crate::support::{Harness, Tweaks, config_toml, request, tempdir};
+use crate::support::{Binary, Harness, Tweaks, config_toml, request, tempdir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_contain_no_secrets_and_one_audit_line_per_issuance() {
@@ -22,46 +18,8 @@ async fn trace_logs_contain_no_secrets_and_one_audit_line_per_issuance() {
     )
     .expect("write");
 
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_credbroker"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn credbroker");
-    let logs = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().expect("stderr");
-    let sink = logs.clone();
-    let reader = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let mut l = sink.lock().expect("lock");
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-
-    // Wait for "credbroker is serving listen=127.0.0.1:PORT".
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let Some(addr) = logs
-                .lock()
-                .expect("lock")
-                .lines()
-                .find(|l| l.contains("credbroker is serving"))
-                .and_then(|l| l.split("listen=").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_owned)
-            {
-                return addr;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the broker starts");
+    let mut bin = Binary::spawn(&config, "trace");
+    let addr = bin.listen_of("credbroker is serving").await;
     let url = format!("http://{addr}/v1/credentials");
 
     let alice = h.issuer.token_for("auth0|alice");
@@ -89,21 +47,15 @@ async fn trace_logs_contain_no_secrets_and_one_audit_line_per_issuance() {
     secrets.extend(signatures);
 
     // Graceful stop with SIGTERM.
-    let pid = child.id().expect("pid");
-    let status = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    bin.signal("TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(30), bin.child.wait())
         .await
         .expect("exits after SIGTERM")
         .expect("wait");
     assert!(exit.success(), "exit status {exit:?}");
-    reader.await.expect("reader");
+    (&mut bin.reader).await.expect("reader");
 
-    let logs = logs.lock().expect("lock").clone();
+    let logs = bin.logs();
     assert!(
         logs.contains("DEBUG credbroker::identity: credentials obtained")
             && logs.contains("DEBUG credbroker::server::container: credentials refused"),

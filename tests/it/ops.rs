@@ -1,16 +1,13 @@
 //! Operations: the admin listener's metrics and readiness, and the process lifecycle under
 //! signals (the real binary).
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::io::AsyncBufReadExt as _;
 
 use credbroker::emulator::oidc::TokenSpec;
 
 use crate::single_flight::metric;
-use crate::support::{Harness, Reply, Tweaks, config_toml, request, settle, tempdir};
+use crate::support::{Binary, Harness, Reply, Tweaks, config_toml, request, settle, tempdir};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -326,79 +323,6 @@ async fn readyz_is_503_during_a_cognito_outage_with_nothing_cached() {
     h.stop().await;
 }
 
-/// The real binary, its stderr collected.
-struct Binary {
-    child: tokio::process::Child,
-    logs: Arc<Mutex<String>>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Binary {
-    fn spawn(config: &std::path::Path) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_credbroker"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn credbroker");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = logs.clone();
-        let reader = tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut l = sink.lock().expect("lock");
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Self {
-            child,
-            logs,
-            reader,
-        }
-    }
-
-    /// The `listen=` field of the first log line containing `message`.
-    async fn listen_of(&self, message: &str) -> String {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if let Some(addr) = self
-                    .logs
-                    .lock()
-                    .expect("lock")
-                    .lines()
-                    .find(|l| l.contains(message))
-                    .and_then(|l| l.split("listen=").nth(1))
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .map(str::to_owned)
-                {
-                    return addr;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {message:?} line:\n{}", self.logs()))
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().expect("lock").clone()
-    }
-}
-
 /// Polls the admin `/readyz` until it reports shutting down.
 async fn wait_shutting_down(h: &Harness, admin: &str) {
     let url = format!("http://{admin}/readyz");
@@ -426,7 +350,7 @@ async fn start_binary(h: &Harness, server: &str) -> (Binary, String, String, std
         ..Tweaks::default()
     };
     std::fs::write(&config, config_toml(&h.issuer, &h.cognito, &tweaks)).expect("write");
-    let bin = Binary::spawn(&config);
+    let bin = Binary::spawn(&config, "info");
     let admin = bin.listen_of("admin listener is serving").await;
     let main = bin.listen_of("credbroker is serving").await;
     (bin, main, admin, dir)

@@ -440,3 +440,76 @@ pub async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+
+/// The real binary, its stderr collected.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub logs: Arc<std::sync::Mutex<String>>,
+    pub reader: tokio::task::JoinHandle<()>,
+}
+
+impl Binary {
+    pub fn spawn(config: &Path, rust_log: &str) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_credbroker"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", rust_log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn credbroker");
+        let logs = Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = logs.clone();
+        let reader = tokio::spawn(async move {
+            let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut l = sink.lock().expect("lock");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Self {
+            child,
+            logs,
+            reader,
+        }
+    }
+
+    /// The `listen=` field of the first log line containing `message`.
+    pub async fn listen_of(&self, message: &str) -> String {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(addr) = self
+                    .logs
+                    .lock()
+                    .expect("lock")
+                    .lines()
+                    .find(|l| l.contains(message))
+                    .and_then(|l| l.split("listen=").nth(1))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_owned)
+                {
+                    return addr;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {message:?} line:\n{}", self.logs()))
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("lock").clone()
+    }
+}

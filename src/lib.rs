@@ -39,6 +39,7 @@ pub mod cli;
 pub mod clock;
 pub mod cognito;
 pub mod config;
+pub mod credential_process;
 pub mod demo;
 pub mod emulator;
 pub mod fsutil;

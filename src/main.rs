@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use credbroker::cli::{self, Cli, Command, RunArgs};
-use credbroker::{app, config, demo, probe, signals, telemetry};
+use credbroker::{app, config, credential_process, demo, probe, signals, telemetry};
 
 /// EX_USAGE: the configuration is invalid.
 const EXIT_CONFIG: u8 = 64;
@@ -111,6 +111,23 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("credbroker probe: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CredentialProcess(args) => {
+            let options = credential_process::Options {
+                url: args.url,
+                token_file: args.token_file,
+                timeout: Duration::from_secs(args.timeout),
+            };
+            match runtime.block_on(credential_process::run(&options, &env)) {
+                Ok(credentials) => {
+                    println!("{}", credentials.to_json());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("credbroker credential-process: {e}");
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

@@ -202,7 +202,7 @@ fn token(file: Option<&Path>, session: Option<&str>) -> Result<SecretString, Fai
             "both a token file (--token-file / {ENV_TOKEN_FILE}) and {ENV_SESSION} are set; \
              use one"
         ))),
-        (Some(path), None) => read_token_file(path),
+        (Some(path), None) => read_token_file(path).map(|f| f.token),
         (None, Some(handle)) => {
             let handle = handle.trim();
             if sessions::is_handle(handle) {
@@ -228,7 +228,19 @@ fn looks_like_a_secret(value: &str) -> bool {
     value.starts_with("eyJ") || value.starts_with("cbs_")
 }
 
-fn read_token_file(path: &Path) -> Result<SecretString, Failure> {
+/// A token file's contents.
+#[derive(Debug)]
+pub struct TokenFile {
+    /// The token or handle, without surrounding whitespace.
+    pub token: SecretString,
+    /// Whether whitespace (a trailing newline, typically) was stripped: AWS SDKs reading the
+    /// same file as `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` send it as is, and fail.
+    pub had_whitespace: bool,
+}
+
+/// Reads a token file: at most 64 KiB of text, whitespace around it stripped, not empty, only
+/// characters an HTTP header can carry. Failures name the file, never its contents.
+pub fn read_token_file(path: &Path) -> Result<TokenFile, Failure> {
     let shown = path.display();
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -279,7 +291,10 @@ fn read_token_file(path: &Path) -> Result<SecretString, Failure> {
              must hold only the raw ID token or session handle"
         )));
     }
-    Ok(SecretString::from(token))
+    Ok(TokenFile {
+        had_whitespace: token.len() != text.len(),
+        token: SecretString::from(token),
+    })
 }
 
 /// The daemon's 200 body.

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{DEFAULT_LISTEN, ENV_CONFIG_FILE, Sources};
 use crate::credential_process;
@@ -46,9 +46,38 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         timeout: u64,
     },
+    /// Check a configuration end to end (issuer documents, Cognito and the identity pool,
+    /// AppSync, and with --token-file a real token and one exchange) and say line by line what
+    /// holds and what to fix. Exit 0 only when every check holds.
+    Doctor(DoctorArgs),
     /// Print AWS credentials from the running credbroker in the `credential_process` format of
     /// ~/.aws/config (never talks to Cognito itself).
     CredentialProcess(CredentialProcessArgs),
+}
+
+/// Flags of `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The configuration file to check (default: --config).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A file holding a user's ID token: validate it, then exchange it once with Cognito and
+    /// query each AppSync API with it. The token is never printed.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DoctorFormat::Text)]
+    pub format: DoctorFormat,
+}
+
+/// `doctor --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DoctorFormat {
+    /// One line per check, with its fix under it.
+    Text,
+    /// `{"ok", "config_file", "config_valid", "checks": [{"check", "status", "detail", "fix"?,
+    /// "code"?}]}`.
+    Json,
 }
 
 /// Flags of `credential-process`. The token itself is never a flag: command lines are visible

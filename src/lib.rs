@@ -41,6 +41,7 @@ pub mod cognito;
 pub mod config;
 pub mod credential_process;
 pub mod demo;
+pub mod doctor;
 pub mod emulator;
 pub mod fsutil;
 pub mod grpc;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser as _;
-use credbroker::cli::{self, Cli, Command, RunArgs};
-use credbroker::{app, config, credential_process, demo, probe, signals, telemetry};
+use credbroker::cli::{self, Cli, Command, DoctorFormat, RunArgs};
+use credbroker::{app, config, credential_process, demo, doctor, probe, signals, telemetry};
 
 /// EX_USAGE: the configuration is invalid.
 const EXIT_CONFIG: u8 = 64;
@@ -113,6 +113,20 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Doctor(args) => {
+            let file = args.file.or(cli.config);
+            let sources = cli::sources(file.clone(), env, Vec::new());
+            let report = runtime.block_on(doctor::run(
+                &sources,
+                file.as_deref(),
+                args.token_file.as_deref(),
+            ));
+            match args.format {
+                DoctorFormat::Text => print!("{}", report.to_text()),
+                DoctorFormat::Json => println!("{}", report.to_json()),
+            }
+            ExitCode::from(report.exit_code())
         }
         Command::CredentialProcess(args) => {
             let options = credential_process::Options {

@@ -7,6 +7,7 @@ mod cognito_errors;
 mod config_files;
 mod container;
 mod credential_process;
+mod doctor;
 mod grpc;
 mod imds;
 mod jwks;

@@ -145,8 +145,13 @@ impl BrokerError {
     }
 }
 
-/// The likely fix for a Cognito refusal, from its class and message.
-fn hint(error: &FetchError, provider: Option<&str>, logins_key: Option<&str>) -> Option<String> {
+/// The likely fix for a Cognito refusal, from its class and message (also used by
+/// `credbroker doctor`, so both say the same).
+pub fn hint(
+    error: &FetchError,
+    provider: Option<&str>,
+    logins_key: Option<&str>,
+) -> Option<String> {
     let m = error.message.as_str();
     let provider = provider.unwrap_or("<name>");
     let key = logins_key.unwrap_or("?");

@@ -211,6 +211,42 @@ pub struct Report {
     pub credentials_cached: bool,
 }
 
+/// What one Cognito probe found.
+#[derive(Debug, Clone)]
+pub enum ProbeAnswer {
+    /// Cognito answered: `None` if it accepted the placeholder (it should not), else its
+    /// modelled refusal (NotAuthorized, throttling, …). The endpoint is there and the pool exists.
+    Answered(Option<UpstreamError>),
+    /// Cognito answered that the identity pool does not exist (in the region asked).
+    PoolNotFound(UpstreamError),
+    /// No usable answer: connection failure, 5xx, an unparseable answer.
+    Failing(UpstreamError),
+    /// No answer within this long.
+    TimedOut(Duration),
+}
+
+/// The probe: an unsigned `GetId` for `identity_pool_id` with a placeholder token (not a JWT)
+/// under `logins_key`, bounded by [`PROBE_TIMEOUT`]. Cognito refuses it; the refusal's type
+/// tells a reachable pool from a missing one. Shared by `/readyz` and `credbroker doctor`.
+pub async fn probe_cognito(
+    api: &dyn CognitoApi,
+    identity_pool_id: &str,
+    logins_key: &str,
+) -> ProbeAnswer {
+    let token = SecretString::new(PROBE_TOKEN.to_owned());
+    let login = Login {
+        key: logins_key,
+        token: &token,
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, api.get_id(identity_pool_id, login)).await {
+        Ok(Ok(_)) => ProbeAnswer::Answered(None),
+        Ok(Err(e)) if e.kind == ErrorKind::ResourceNotFound => ProbeAnswer::PoolNotFound(e),
+        Ok(Err(e)) if answered(e.kind) => ProbeAnswer::Answered(Some(e)),
+        Ok(Err(e)) => ProbeAnswer::Failing(e),
+        Err(_) => ProbeAnswer::TimedOut(PROBE_TIMEOUT),
+    }
+}
+
 /// Readiness of one broker.
 pub struct Readiness {
     validator: Arc<Validator>,
@@ -380,16 +416,14 @@ impl Readiness {
         let Some(key) = self.probe_logins_key.as_deref() else {
             return;
         };
-        let token = SecretString::new(PROBE_TOKEN.to_owned());
-        let login = Login { key, token: &token };
-        let call = self.api.get_id(&self.identity_pool_id, login);
-        let (outcome, status, detail) = match tokio::time::timeout(PROBE_TIMEOUT, call).await {
-            Ok(Ok(_)) => (
+        let answer = probe_cognito(self.api.as_ref(), &self.identity_pool_id, key).await;
+        let (outcome, status, detail) = match answer {
+            ProbeAnswer::Answered(None) => (
                 "answered",
                 CognitoStatus::Answered,
                 "probe: GetId answered".to_owned(),
             ),
-            Ok(Err(e)) if e.kind == ErrorKind::ResourceNotFound => (
+            ProbeAnswer::PoolNotFound(e) => (
                 e.kind.label(),
                 CognitoStatus::Failing,
                 format!(
@@ -397,20 +431,20 @@ impl Readiness {
                     e.message
                 ),
             ),
-            Ok(Err(e)) if answered(e.kind) => (
+            ProbeAnswer::Answered(Some(e)) => (
                 "answered",
                 CognitoStatus::Answered,
                 format!("probe: Cognito answered {}", e.kind.label()),
             ),
-            Ok(Err(e)) => (
+            ProbeAnswer::Failing(e) => (
                 e.kind.label(),
                 CognitoStatus::Failing,
                 format!("probe: {e}"),
             ),
-            Err(_) => (
+            ProbeAnswer::TimedOut(limit) => (
                 "timeout",
                 CognitoStatus::Failing,
-                format!("probe: no answer within {}s", PROBE_TIMEOUT.as_secs()),
+                format!("probe: no answer within {}s", limit.as_secs()),
             ),
         };
         self.metrics

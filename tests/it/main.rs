@@ -6,6 +6,8 @@ mod bad_tokens;
 mod cognito_errors;
 mod config_files;
 mod container;
+mod credential_process;
+mod doctor;
 mod grpc;
 mod imds;
 mod jwks;

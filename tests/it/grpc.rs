@@ -264,10 +264,15 @@ async fn two_watchers_of_one_identity_share_one_upstream_refresh() {
 
 #[tokio::test]
 async fn a_watch_ends_with_a_clear_status_when_its_session_expires() {
-    let h = Harness::with(tcp()).await;
+    // A short-lived token is accepted only with less than the default 60 s min_token_validity.
+    let h = Harness::with(Tweaks {
+        tokens: "min_token_validity = \"1s\"".into(),
+        ..tcp()
+    })
+    .await;
     let mut c = client(&h).await;
     let token = h.issuer.mint(&TokenSpec {
-        lifetime: Some(Duration::from_secs(3)),
+        lifetime: Some(Duration::from_secs(4)),
         ..TokenSpec::for_subject("auth0|expiring-watch")
     });
     let ex = c

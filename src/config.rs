@@ -254,7 +254,9 @@ pub struct CacheConfig {
     pub refresh_ahead: Duration,
     /// Spread of background refresh times (taken from the window between the two thresholds).
     pub refresh_jitter: Duration,
-    /// Identities with no caller for this long are evicted and no longer refreshed.
+    /// Identities with no caller for this long are evicted. Before that, a credential set
+    /// nobody asked for is not refreshed again unless the identity is watched or held (see
+    /// the identity cache's module docs).
     pub idle_timeout: Duration,
     /// Background refreshes started per second, at most (Cognito quota protection).
     pub refresh_rate: f64,

@@ -464,6 +464,8 @@ struct KeySet {
     jwks_uri: openidconnect::JsonWebKeySetUrl,
     /// The discovery document's `token_endpoint` (refresh-token grants).
     token_endpoint: Option<String>,
+    /// The discovery document's `id_token_signing_alg_values_supported`, as JOSE names.
+    signing_algs: Vec<String>,
 }
 
 /// The outcome of asking for a refetch after an unknown `kid`.
@@ -551,6 +553,16 @@ impl Provider {
             .load()
             .as_ref()
             .map(|k| k.kids.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The discovery document's `id_token_signing_alg_values_supported` (e.g. `["RS256"]`),
+    /// once discovery succeeded.
+    pub fn signing_algs(&self) -> Vec<String> {
+        self.keys
+            .load()
+            .as_ref()
+            .map(|k| k.signing_algs.clone())
             .unwrap_or_default()
     }
 
@@ -682,13 +694,15 @@ impl Provider {
     }
 
     async fn fetch_keys(&self) -> Result<KeySet, LoadError> {
-        let known = self
-            .keys
-            .load()
-            .as_ref()
-            .map(|k| (k.jwks_uri.clone(), k.token_endpoint.clone()));
+        let known = self.keys.load().as_ref().map(|k| {
+            (
+                k.jwks_uri.clone(),
+                k.token_endpoint.clone(),
+                k.signing_algs.clone(),
+            )
+        });
         let first_load = known.is_none();
-        let (jwks_uri, token_endpoint) = match known {
+        let (jwks_uri, token_endpoint, signing_algs) = match known {
             Some(known) => known,
             None => {
                 let url = self.discovery_url();
@@ -718,9 +732,18 @@ impl Provider {
                         LoadProblem::InsecureJwksUri(jwks_uri.as_str().to_owned()),
                     ));
                 }
+                let signing_algs = metadata
+                    .id_token_signing_alg_values_supported()
+                    .iter()
+                    .filter_map(|a| match serde_json::to_value(a) {
+                        Ok(Value::String(name)) => Some(name),
+                        _ => None,
+                    })
+                    .collect();
                 (
                     jwks_uri,
                     metadata.token_endpoint().map(|u| u.as_str().to_owned()),
+                    signing_algs,
                 )
             }
         };
@@ -749,6 +772,7 @@ impl Provider {
             kids,
             jwks_uri,
             token_endpoint,
+            signing_algs,
         })
     }
 

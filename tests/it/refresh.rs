@@ -378,6 +378,8 @@ async fn a_configured_identity_keeps_refreshing_with_nobody_asking() {
 [identities.file]
 provider = "test"
 id_token_file = "{dir}/id-token"
+# Re-read (and touched) only hourly: only the hold keeps it in use meanwhile.
+poll_interval = "1h"
 "#
         .into(),
         ..Tweaks::default()

@@ -45,6 +45,11 @@ async fn a_user_pool_id_token_gets_credentials_through_the_container_endpoint() 
         provider.is_ready(),
         "discovery and JWKS loaded from the discovery_url"
     );
+    // What `doctor`-style checks read from a loaded provider.
+    assert_eq!(provider.discovery_url(), h.issuer.discovery_url());
+    assert_eq!(provider.jwks_uri(), Some(h.issuer.jwks_uri()));
+    assert_eq!(provider.key_ids(), vec![h.issuer.current_kid()]);
+    assert_eq!(provider.signing_algs(), vec!["RS256".to_owned()]);
 
     let id_token = h.issuer.token_for("7d8e6f2a-user-pool-sub");
     let file = h.token_file("id-token", &id_token);

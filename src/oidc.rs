@@ -798,8 +798,7 @@ impl Provider {
                     .jwks_refetch_suppressed
                     .with_label_values(&[self.config.name.as_str()])
                     .inc();
-                let retry_in =
-                    (self.refetch_interval - now.duration_since(at)).max(Duration::from_secs(1));
+                let retry_in = seconds_up(self.refetch_interval - now.duration_since(at));
                 return Refetch::Suppressed {
                     last_failed: self.last_load_error(),
                     retry_in,
@@ -1005,6 +1004,11 @@ fn check_token_use(parsed: &Parsed<'_>) -> Result<(), TokenError> {
             what: format!("token_use {other}"),
         }),
     }
+}
+
+/// `d` in whole seconds, rounded up, at least one: a `Retry-After` that comes early is no use.
+fn seconds_up(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(Duration::from_secs(1))
 }
 
 /// `Ok` when a token expiring at `exp` has at least `min` left at `now`.
@@ -1369,9 +1373,9 @@ impl Validator {
                             "the token's kid {kid:?} is not among the keys credbroker holds, \
                              and refetching the JWKS failed ({e}), so a newly rotated key \
                              cannot be told from a bad token; retry in {} s",
-                            provider.refetch_interval.as_secs().max(1)
+                            seconds_up(provider.refetch_interval).as_secs()
                         ),
-                        retry_after: provider.refetch_interval.max(Duration::from_secs(1)),
+                        retry_after: seconds_up(provider.refetch_interval),
                     });
                 }
                 Refetch::Suppressed {
@@ -1384,7 +1388,7 @@ impl Validator {
                             "the token's kid {kid:?} is not among the keys credbroker holds, \
                              and the last JWKS fetch failed ({e}); the next refetch is allowed \
                              in {} s (tokens.jwks_refetch_interval)",
-                            retry_in.as_secs_f64().ceil()
+                            retry_in.as_secs()
                         ),
                         retry_after: retry_in,
                     });
@@ -1519,6 +1523,17 @@ mod tests {
         assert!(matches!(gone, TokenError::Expired { .. }), "{gone:?}");
         assert_eq!(gone.code(), "TokenExpired");
         assert!(remaining_validity(at(100), at(100), Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn retry_delays_round_up_to_whole_seconds() {
+        assert_eq!(seconds_up(Duration::from_millis(1)), Duration::from_secs(1));
+        assert_eq!(
+            seconds_up(Duration::from_millis(1500)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(seconds_up(Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(seconds_up(Duration::ZERO), Duration::from_secs(1));
     }
 
     fn parsed_with(typ: Option<&str>, claims: serde_json::Value) -> Parsed<'static> {

@@ -220,8 +220,9 @@ async fn an_unreachable_jwks_is_named_with_the_transport_error() {
 
 #[tokio::test]
 async fn an_unknown_kid_during_a_jwks_outage_is_503_with_retry_after_not_a_bad_token() {
+    // 2 s: room for the second request to land inside the rate limit on a busy machine.
     let h = Harness::with(Tweaks {
-        tokens: "jwks_refetch_interval = \"1s\"".into(),
+        tokens: "jwks_refetch_interval = \"2s\"".into(),
         ..Tweaks::default()
     })
     .await;
@@ -229,7 +230,7 @@ async fn an_unknown_kid_during_a_jwks_outage_is_503_with_retry_after_not_a_bad_t
     let calls = h.get_id_calls();
 
     // The issuer rotates while its JWKS is down; the refetch the new kid allows fails.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let new_kid = h.issuer.rotate_keys();
     h.issuer.set_jwks_unavailable(true);
     let rotated = h.issuer.token_for("auth0|rotated");
@@ -266,7 +267,10 @@ async fn an_unknown_kid_during_a_jwks_outage_is_503_with_retry_after_not_a_bad_t
         .expect("ascii")
         .parse()
         .expect("seconds");
-    assert_eq!(retry, 1, "retry when the next refetch is allowed");
+    assert!(
+        (1..=2).contains(&retry),
+        "retry when the next refetch is allowed: {retry}"
+    );
     assert!(
         reply.text().contains("the last JWKS fetch failed"),
         "{}",
@@ -277,7 +281,7 @@ async fn an_unknown_kid_during_a_jwks_outage_is_503_with_retry_after_not_a_bad_t
 
     // The JWKS is back: the rotated key is found at the next allowed refetch.
     h.issuer.set_jwks_unavailable(false);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let reply = h.get(&rotated).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 
@@ -290,7 +294,7 @@ async fn an_unknown_kid_during_a_jwks_outage_is_503_with_retry_after_not_a_bad_t
         reply.text()
     );
     // And after the interval, with a successful refetch that still lacks it: 401 as well.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let before = h.issuer.stats().jwks_requests;
     let reply = h
         .get(&with_kid(&h, "auth0|unknown-2", "no-such-kid-2"))

@@ -218,6 +218,21 @@ pub struct ProviderConfig {
     pub discovery_url: Option<Url>,
 }
 
+impl ProviderConfig {
+    /// Where the discovery document is fetched: `discovery_url`, else
+    /// `<issuer>/.well-known/openid-configuration` (OIDC Discovery: the issuer's trailing slash
+    /// is not doubled).
+    pub fn discovery_url(&self) -> String {
+        match &self.discovery_url {
+            Some(url) => url.as_str().to_owned(),
+            None => format!(
+                "{}/.well-known/openid-configuration",
+                self.issuer.trim_end_matches('/')
+            ),
+        }
+    }
+}
+
 /// The Cognito identity pool.
 #[derive(Debug, Clone)]
 pub struct CognitoConfig {

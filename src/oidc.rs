@@ -574,16 +574,9 @@ impl Provider {
             .map(|k| k.jwks_uri.as_str().to_owned())
     }
 
-    /// Where the discovery document is fetched: `providers.<name>.discovery_url`, else
-    /// `<issuer>/.well-known/openid-configuration`.
+    /// Where the discovery document is fetched ([`ProviderConfig::discovery_url`]).
     pub fn discovery_url(&self) -> String {
-        match &self.config.discovery_url {
-            Some(url) => url.as_str().to_owned(),
-            None if self.config.issuer.ends_with('/') => {
-                format!("{}.well-known/openid-configuration", self.config.issuer)
-            }
-            None => format!("{}/.well-known/openid-configuration", self.config.issuer),
-        }
+        self.config.discovery_url()
     }
 
     /// Loads (or reloads) discovery and keys now. Once discovery succeeded, later loads fetch

@@ -32,7 +32,7 @@ use crate::sources::refresh::{
 };
 
 /// credbroker's clocks are emulator clocks: `OidcIssuer::start(options, clock.clone())` takes a
-/// [`SharedClock`] as it is.
+/// [`SharedClock`](crate::clock::SharedClock) as it is.
 impl credbroker_emulators::clock::Clock for dyn Clock {
     fn now(&self) -> SystemTime {
         Clock::now(self)

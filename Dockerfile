@@ -9,10 +9,11 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and build artifacts between builds; the binary is copied out
-# of the cached target directory in the same step.
+# of the cached target directory in the same step. --no-default-features: the image carries no
+# emulator code (no `demo`, no `emulators`; the credbroker-emulators crate is not compiled).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin credbroker \
+    cargo build --release --locked -p credbroker --bin credbroker --no-default-features \
     && strip target/release/credbroker \
     && cp target/release/credbroker /usr/local/bin/credbroker
 

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use credbroker::app::{self, Overrides};
 use credbroker::clock::SharedClock;
 use credbroker::config::Config;
-use credbroker::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
-use credbroker::emulator::oidc::{IssuerOptions, OidcIssuer};
 use credbroker::metrics::{Metrics, Surface};
 use credbroker::oidc::Validator;
+use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
+use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
 

@@ -34,10 +34,12 @@ pub enum Command {
         file: Option<PathBuf>,
     },
     /// Run the whole flow locally against built-in emulators (no AWS account).
+    #[cfg_attr(not(feature = "emulators"), command(hide = true))]
     Demo(DemoArgs),
     /// Run only the emulated issuer and Cognito on fixed loopback ports, for
     /// `credbroker run --config config/emulators.toml` (switching to real Auth0 + Cognito is
     /// then a config change).
+    #[cfg_attr(not(feature = "emulators"), command(hide = true))]
     Emulators(EmulatorsArgs),
     /// Resolve credentials through the AWS SDK's default chain, as an app would, and print
     /// them with secrets redacted.
@@ -54,6 +56,13 @@ pub enum Command {
     /// ~/.aws/config (never talks to Cognito itself).
     CredentialProcess(CredentialProcessArgs),
 }
+
+/// What `demo` and `emulators` say in a build without the `emulators` feature (where they are
+/// hidden from `--help`).
+pub const WITHOUT_EMULATORS: &str = "this credbroker was built without the emulators \
+    (cargo feature `emulators`, e.g. the --no-default-features release image), so `demo` and \
+    `emulators` are not available; build with default features (`cargo run --release -- demo`) \
+    to use them";
 
 /// Flags of `doctor`.
 #[derive(Debug, Args)]

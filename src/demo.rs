@@ -1,4 +1,4 @@
-//! `credbroker demo`: the whole flow on one machine, no AWS account.
+//! `credbroker demo`: the whole flow on one machine, no AWS account (feature `emulators`).
 //!
 //! Owns: starting the emulated OIDC issuer, Cognito and AppSync, a broker configured for them
 //! (through the same config loader as production), a token file for a demo user, and the
@@ -21,12 +21,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use credbroker_emulators::appsync::{AppSyncEmulator, AppSyncOptions};
+use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
+use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
+
 use crate::app::{self, Overrides, Running};
 use crate::clock::{self, SharedClock};
 use crate::config::{Config, ConfigErrors};
-use crate::emulator::appsync::{AppSyncEmulator, AppSyncOptions};
-use crate::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
-use crate::emulator::oidc::{IssuerOptions, OidcIssuer};
 
 /// The demo's gRPC port (next to the container endpoint's 8900; 8901/8902 are the emulators').
 pub const DEMO_GRPC_PORT: u16 = 8903;

@@ -29,8 +29,11 @@
 //!
 //! Time is injected ([`clock`]) so expiry and refresh are tested under paused time; secrets are
 //! [`secret::Secret`] types that never print; configuration is validated once ([`config`]).
-//! The [`emulator`] module carries an OIDC issuer and a Cognito Identity service that validate
-//! tokens like the real ones, used by the tests and by `credbroker demo`.
+//! The emulators (an OIDC issuer, Cognito Identity and AppSync that validate tokens like the real
+//! ones) live in their own crate of the workspace, `credbroker-emulators` (`emulators/`), used by
+//! the tests, the benchmarks and `credbroker demo`. credbroker depends on it only through the
+//! `emulators` cargo feature (on by default), which compiles [`demo`] and [`emulated`] (the
+//! emulators as in-process upstreams); the production build is `--no-default-features`.
 
 pub mod app;
 pub mod appsync;
@@ -40,9 +43,11 @@ pub mod clock;
 pub mod cognito;
 pub mod config;
 pub mod credential_process;
+#[cfg(feature = "emulators")]
 pub mod demo;
 pub mod doctor;
-pub mod emulator;
+#[cfg(feature = "emulators")]
+pub mod emulated;
 pub mod fsutil;
 pub mod grpc;
 pub mod http;

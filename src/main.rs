@@ -6,10 +6,16 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use credbroker::cli::{self, Cli, Command, DoctorFormat, RunArgs};
-use credbroker::{app, config, credential_process, demo, doctor, probe, signals, telemetry};
+#[cfg(feature = "emulators")]
+use credbroker::demo;
+use credbroker::{app, config, credential_process, doctor, probe, signals, telemetry};
 
 /// EX_USAGE: the configuration is invalid.
 const EXIT_CONFIG: u8 = 64;
+
+/// A command this build does not have (clap's exit code for usage errors).
+#[cfg(not(feature = "emulators"))]
+const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "emulators")]
         Command::Demo(args) => {
             let log = config::LogConfig {
                 level: "warn,credbroker=info,credbroker::audit=warn".to_owned(),
@@ -82,6 +89,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "emulators")]
         Command::Emulators(args) => {
             let log = config::LogConfig {
                 level: "warn,credbroker=info".to_owned(),
@@ -101,6 +109,11 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        #[cfg(not(feature = "emulators"))]
+        Command::Demo(_) | Command::Emulators(_) => {
+            eprintln!("credbroker: {}", cli::WITHOUT_EMULATORS);
+            ExitCode::from(EXIT_USAGE)
         }
         Command::Probe { timeout } => {
             match runtime.block_on(probe::probe(Duration::from_secs(timeout))) {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use credbroker::clock::SharedClock;
-use credbroker::emulator::appsync::{AppSyncEmulator, AppSyncOptions};
-use credbroker::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
-use credbroker::emulator::oidc::{IssuerOptions, OidcIssuer};
+use credbroker_emulators::appsync::{AppSyncEmulator, AppSyncOptions};
+use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
+use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
 use futures_util::StreamExt as _;
 
 use crate::Options;

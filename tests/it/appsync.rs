@@ -7,7 +7,7 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
-use credbroker::emulator::oidc::TokenSpec;
+use credbroker_emulators::oidc::TokenSpec;
 use serde_json::{Value, json};
 
 use crate::support::{Harness, Reply, Tweaks, send};
@@ -519,7 +519,7 @@ async fn session_handles_are_accepted_in_both_modes_with_the_sessions_current_to
         appsync: Some(String::new()),
         in_process_cognito: true,
         in_process_issuer: true,
-        issuer_options: Some(credbroker::emulator::oidc::IssuerOptions {
+        issuer_options: Some(credbroker_emulators::oidc::IssuerOptions {
             token_lifetime: Duration::from_secs(120),
             ..Default::default()
         }),

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use credbroker::emulator::oidc::{SigningAlg, TokenSpec};
+use credbroker_emulators::oidc::{SigningAlg, TokenSpec};
 
 use crate::support::{Harness, Tweaks};
 

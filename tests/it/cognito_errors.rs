@@ -1,7 +1,7 @@
 //! Each Cognito error type reaches the caller as its own status and code; throttling is
 //! retried with backoff; failures are remembered instead of hammering Cognito.
 
-use credbroker::emulator::cognito::{ErrorType, Operation};
+use credbroker_emulators::cognito::{ErrorType, Operation};
 
 use crate::single_flight::metric;
 use crate::support::{Harness, Tweaks};

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use credbroker::emulator::oidc::TokenSpec;
+use credbroker_emulators::oidc::TokenSpec;
 
 use crate::support::{Harness, Tweaks, sdk_container_credentials};
 

@@ -10,8 +10,8 @@ use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_credential_types::provider::ProvideCredentials as _;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
-use credbroker::emulator::cognito::{ErrorType, Operation};
-use credbroker::emulator::oidc::TokenSpec;
+use credbroker_emulators::cognito::{ErrorType, Operation};
+use credbroker_emulators::oidc::TokenSpec;
 
 use crate::sessions::create_session;
 use crate::support::{Harness, tempdir};

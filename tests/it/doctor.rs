@@ -6,9 +6,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use credbroker::clock::{SharedClock, TokioClock};
-use credbroker::emulator::appsync::{AppSyncEmulator, AppSyncOptions};
-use credbroker::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
-use credbroker::emulator::oidc::{Flavor, IssuerOptions, OidcIssuer, SigningAlg, TokenSpec};
+use credbroker_emulators::appsync::{AppSyncEmulator, AppSyncOptions};
+use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
+use credbroker_emulators::oidc::{Flavor, IssuerOptions, OidcIssuer, SigningAlg, TokenSpec};
 use serde_json::Value;
 
 use crate::support::{appsync_toml, tempdir};

@@ -4,8 +4,6 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::time::Duration;
 
-use credbroker::emulator::cognito::{CognitoOptions, ErrorType, Operation};
-use credbroker::emulator::oidc::TokenSpec;
 use credbroker::grpc::proto::admin_client::AdminClient;
 use credbroker::grpc::proto::broker_client::BrokerClient;
 use credbroker::grpc::proto::get_credentials_request::Auth;
@@ -13,6 +11,8 @@ use credbroker::grpc::proto::{
     Credentials, ExchangeRequest, GetCredentialsRequest, GetStatsRequest, ListIdentitiesRequest,
     RevokeRequest, UpdateTokenRequest,
 };
+use credbroker_emulators::cognito::{CognitoOptions, ErrorType, Operation};
+use credbroker_emulators::oidc::TokenSpec;
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
@@ -803,7 +803,7 @@ async fn watchers_of_a_refresh_token_session_are_fed_until_its_family_is_revoked
     let h = Harness::with(Tweaks {
         in_process_cognito: true,
         in_process_issuer: true,
-        issuer_options: Some(credbroker::emulator::oidc::IssuerOptions {
+        issuer_options: Some(credbroker_emulators::oidc::IssuerOptions {
             token_lifetime: Duration::from_secs(120),
             ..Default::default()
         }),

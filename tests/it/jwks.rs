@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use credbroker::emulator::oidc::TokenSpec;
+use credbroker_emulators::oidc::TokenSpec;
 
 use crate::support::{Harness, Tweaks};
 
@@ -190,7 +190,7 @@ async fn a_failing_discovery_document_is_named_with_its_status() {
 async fn an_unreachable_jwks_is_named_with_the_transport_error() {
     let jwks_uri = dead_url("/.well-known/jwks.json").await;
     let h = Harness::with(Tweaks {
-        issuer_options: Some(credbroker::emulator::oidc::IssuerOptions {
+        issuer_options: Some(credbroker_emulators::oidc::IssuerOptions {
             jwks_uri: Some(jwks_uri.clone()),
             ..Default::default()
         }),

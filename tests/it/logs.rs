@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use credbroker::emulator::oidc::{SigningAlg, TokenSpec};
+use credbroker_emulators::oidc::{SigningAlg, TokenSpec};
 
 use crate::support::{Binary, Harness, Tweaks, config_toml, request, tempdir};
 

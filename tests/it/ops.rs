@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use credbroker::emulator::oidc::TokenSpec;
+use credbroker_emulators::oidc::TokenSpec;
 
 use crate::single_flight::metric;
 use crate::support::{Binary, Harness, Reply, Tweaks, config_toml, request, settle, tempdir};

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credbroker::broker::BrokerError;
-use credbroker::emulator::cognito::CognitoOptions;
-use credbroker::emulator::oidc::TokenSpec;
 use credbroker::identity::{Issued, State};
 use credbroker::metrics::Surface;
+use credbroker_emulators::cognito::CognitoOptions;
+use credbroker_emulators::oidc::TokenSpec;
 
 use crate::single_flight::metric;
 use crate::support::{Harness, Tweaks};

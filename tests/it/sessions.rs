@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use credbroker::broker::BrokerError;
-use credbroker::emulator::oidc::{IssuerOptions, TokenSpec};
 use credbroker::identity::Issued;
 use credbroker::metrics::Surface;
+use credbroker_emulators::oidc::{IssuerOptions, TokenSpec};
 use http_body_util::Full;
 
 use crate::support::{Harness, Reply, Tweaks, sdk_container_credentials};
@@ -540,7 +540,7 @@ async fn a_refresh_token_of_another_user_or_client_is_refused() {
         &h,
         serde_json::json!({
             "id_token": alice, "refresh_token": alice_rt,
-            "client_id": credbroker::emulator::oidc::DEFAULT_AUDIENCE,
+            "client_id": credbroker_emulators::oidc::DEFAULT_AUDIENCE,
         }),
     )
     .await;

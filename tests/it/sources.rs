@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use credbroker::emulator::oidc::{IssuerOptions, TokenSpec};
 use credbroker::identity::Issued;
 use credbroker::metrics::Surface;
 use credbroker::sources::IdentityError;
+use credbroker_emulators::oidc::{IssuerOptions, TokenSpec};
 
 use crate::support::{Harness, Tweaks};
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use credbroker::emulator::oidc::{Flavor, IssuerOptions, TokenSpec};
+use credbroker_emulators::oidc::{Flavor, IssuerOptions, TokenSpec};
 
 use crate::support::{Harness, Tweaks, sdk_container_credentials};
 

@@ -1,7 +1,7 @@
 //! The emulated issuer's refresh-token book: clients, refresh-token families, rotation and
 //! reuse detection, as Auth0 does them with rotation on.
 //!
-//! Owns: [`GrantBook`] (used by [`super::oidc::OidcIssuer`]'s token endpoint) and its counters
+//! Owns: [`GrantBook`] (used by [`crate::oidc::OidcIssuer`]'s token endpoint) and its counters
 //! ([`TokenEndpointStats`]).
 //!
 //! Promises:

@@ -1,15 +1,34 @@
-//! In-process emulators of the services credbroker talks to.
+//! # credbroker-emulators
 //!
-//! Owns: an Auth0-shaped OpenID Connect issuer ([`oidc::OidcIssuer`]), an Amazon Cognito
-//! Identity service ([`cognito::CognitoEmulator`]) and an AWS AppSync GraphQL API
-//! ([`appsync::AppSyncEmulator`]), plus the small HTTP server helper they share.
+//! Emulators of the services credbroker talks to, as a crate of credbroker's workspace
+//! (`emulators/`, package `credbroker-emulators`, library `credbroker_emulators`).
+//!
+//! Owns: an Auth0-shaped OpenID Connect issuer with a token endpoint ([`oidc::OidcIssuer`],
+//! [`grants`]), an Amazon Cognito Identity service ([`cognito::CognitoEmulator`]) and an AWS
+//! AppSync GraphQL API ([`appsync::AppSyncEmulator`]), plus the small HTTP server helper, time
+//! source ([`clock`]) and secret wrapper ([`secret`]) they share.
 //!
 //! # What they are for
 //!
-//! No machine that builds or tests credbroker reaches AWS or Auth0. The emulators let the unit
-//! and integration tests, the benchmarks and `credbroker demo` exercise the whole path — OIDC
-//! discovery, JWKS, ID-token validation, `GetId`, `GetCredentialsForIdentity` — against real
-//! HTTP servers bound to the loopback interface.
+//! No machine that builds or tests credbroker reaches AWS or Auth0. The emulators let the
+//! integration tests, the benchmarks and `credbroker demo` / `credbroker emulators` exercise the
+//! whole path — OIDC discovery, JWKS, ID-token validation, refresh-token redemption, `GetId`,
+//! `GetCredentialsForIdentity`, AppSync — against real HTTP servers bound to the loopback
+//! interface.
+//!
+//! # How it is used
+//!
+//! - This crate does **not** depend on credbroker: it speaks only the wire protocols (and the
+//!   in-process calls [`cognito::CognitoEmulator::get_id`],
+//!   [`cognito::CognitoEmulator::get_credentials_for_identity`] and
+//!   [`oidc::OidcIssuer::redeem_refresh_token`]).
+//! - credbroker depends on it through its `emulators` cargo feature (on by default). With it,
+//!   credbroker compiles `demo`, the `emulators` subcommand, and its `emulated` module: the
+//!   emulators as credbroker's in-process `CognitoApi` and `TokenEndpoint` (so paused-time tests
+//!   need no sockets), and its clocks as emulator [`clock::Clock`]s. The daemon built with
+//!   `--no-default-features` (the Docker image) contains none of this crate.
+//! - credbroker's integration tests (`tests/it`) and benchmarks need the feature; this crate's
+//!   own unit tests run with `cargo test --workspace`.
 //!
 //! # How faithful they are
 //!
@@ -20,14 +39,14 @@
 //! - It validates login tokens the way Cognito does for an OIDC provider: RS256 only, issuer
 //!   against the `Logins` key, signature against the provider's published keys, audience (or
 //!   `azp`) against the provider's client ids, and expiry against the injected clock. It does so
-//!   with its own small JWT code (the private `jwt` module), independent of the broker's validator, so a bug in
-//!   one is not silently mirrored by the other.
+//!   with its own small JWT code (the private `jwt` module), independent of the broker's
+//!   validator, so a bug in one is not silently mirrored by the other.
 //! - The OIDC issuer mints tokens that look like Auth0's (trailing-slash issuer, loosely typed
 //!   profile claims, `kid`s derived from the key) and publishes discovery and JWKS documents
 //!   that parse with the `openidconnect` crate. Its [`oidc::TokenSpec`] can produce every kind
 //!   of broken token the broker must reject.
-//! - Time comes only from the injected [`crate::clock::SharedClock`], so paused tokio time moves
-//!   token and credential expiry together.
+//! - Time comes only from the injected [`clock::Clock`], so paused tokio time moves token and
+//!   credential expiry together.
 //!
 //! # What they deliberately do not do
 //!
@@ -45,10 +64,12 @@
 //! of its handle is dropped.
 
 pub mod appsync;
+pub mod clock;
 pub mod cognito;
 pub mod grants;
 mod jwt;
 pub mod oidc;
+pub mod secret;
 
 use std::fmt;
 use std::net::SocketAddr;

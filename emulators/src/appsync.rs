@@ -58,12 +58,12 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use super::cognito::CognitoEmulator;
-use super::jwt;
-use super::oidc::{IssuerState, OidcIssuer};
-use super::{ServerHandle, default_listen};
-use crate::clock::{SharedClock, unix_seconds};
+use crate::clock::{Clock, SharedClock, unix_seconds};
+use crate::cognito::CognitoEmulator;
+use crate::jwt;
+use crate::oidc::{IssuerState, OidcIssuer};
 use crate::secret::SecretString;
+use crate::{ServerHandle, default_listen};
 
 /// How far `X-Amz-Date` may be from the emulator's clock.
 const MAX_SIGNATURE_SKEW: Duration = Duration::from_secs(5 * 60);
@@ -291,7 +291,7 @@ impl fmt::Debug for AppSyncEmulator {
 
 impl AppSyncEmulator {
     /// Binds `options.listen` and serves `/graphql`.
-    pub async fn start(options: AppSyncOptions, clock: SharedClock) -> std::io::Result<Self> {
+    pub async fn start(options: AppSyncOptions, clock: impl Clock) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
         let url = format!("http://{}/graphql", listener.local_addr()?);
         let connections = Arc::new(AtomicU64::new(0));
@@ -300,7 +300,7 @@ impl AppSyncEmulator {
             region: options.region,
             oidc: Mutex::new(options.oidc),
             iam: options.iam,
-            clock,
+            clock: crate::clock::shared(clock),
             todos: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             connections: connections.clone(),
@@ -308,7 +308,7 @@ impl AppSyncEmulator {
             faults: AppSyncFaults::default(),
             last_header_names: Mutex::new(Vec::new()),
         });
-        let server = super::serve_counting(listener, routes(state.clone()), connections)?;
+        let server = crate::serve_counting(listener, routes(state.clone()), connections)?;
         Ok(Self { state, server })
     }
 
@@ -618,7 +618,7 @@ fn parse_amz_date(text: &str) -> Option<SystemTime> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
         return None;
     }
-    // Days from civil (Howard Hinnant), the inverse of the clock module's formatter.
+    // Days from civil (Howard Hinnant), the inverse of credbroker's `clock::format_aws_timestamp`.
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -1170,7 +1170,9 @@ mod tests {
     fn amz_dates_parse_to_the_right_instant() {
         let t = parse_amz_date("20240229T123456Z").expect("valid");
         assert_eq!(
-            crate::clock::format_aws_timestamp(t),
+            chrono::DateTime::<chrono::Utc>::from(t)
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string(),
             "2024-02-29T12:34:56Z"
         );
         assert!(parse_amz_date("2024-02-29T12:34:56Z").is_none());

@@ -28,10 +28,11 @@
 //!   the discovery document can advertise another `jwks_uri` ([`IssuerOptions::jwks_uri`]).
 //!
 //! - `POST /oauth/token` (advertised as `token_endpoint`) implements `grant_type=refresh_token`
-//!   with rotation and family revocation on reuse ([`super::grants`]); client authentication by
+//!   with rotation and family revocation on reuse ([`crate::grants`]); client authentication by
 //!   client_secret_post or client_secret_basic; ID tokens it returns are for the client and live
 //!   [`IssuerOptions::token_lifetime`]. The same grant is callable in process through
-//!   [`crate::sources::refresh::TokenEndpoint`], for paused-time tests.
+//!   [`OidcIssuer::redeem_refresh_token`] (credbroker's `TokenEndpoint` for paused-time tests),
+//!   which answers the status and body the HTTP endpoint would.
 //!
 //! The router is built in one place (`routes`).
 
@@ -56,10 +57,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 
-use super::grants::{GrantBook, OAuthError, TokenEndpointStats};
-use super::jwt::{self, Header, Signer};
-use super::{ServerHandle, default_listen, serve};
-use crate::clock::{SharedClock, unix_seconds};
+use crate::clock::{Clock, SharedClock, unix_seconds};
+use crate::grants::{GrantBook, OAuthError, TokenEndpointStats};
+use crate::jwt::{self, Header, Signer};
+use crate::secret::SecretString;
+use crate::{ServerHandle, default_listen, serve};
 
 /// The audience (client id) tokens carry by default.
 pub const DEFAULT_AUDIENCE: &str = "credbroker-demo-client";
@@ -227,9 +229,20 @@ impl fmt::Debug for OidcIssuer {
     }
 }
 
+/// What the token endpoint answered: the HTTP status and body, exactly as `POST /oauth/token`
+/// sends them. `Debug` redacts the body (it carries ID and refresh tokens).
+#[derive(Debug, Clone)]
+pub struct TokenReply {
+    /// The HTTP status: 200, an OAuth error's 400/401, or 503 while unavailable.
+    pub status: u16,
+    /// The JSON body (`id_token`, `refresh_token`, ... or `error`, `error_description`), or
+    /// `Service Unavailable` with a 503.
+    pub body: SecretString,
+}
+
 impl OidcIssuer {
     /// Binds `options.listen` and starts serving discovery, JWKS and the mint endpoint.
-    pub async fn start(options: IssuerOptions, clock: SharedClock) -> std::io::Result<OidcIssuer> {
+    pub async fn start(options: IssuerOptions, clock: impl Clock) -> std::io::Result<OidcIssuer> {
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
         let base_url = format!("http://{addr}");
@@ -252,7 +265,7 @@ impl OidcIssuer {
             grants,
             audience: options.audience,
             token_lifetime: options.token_lifetime,
-            clock,
+            clock: crate::clock::shared(clock),
             keys: Mutex::new(KeyRing::new()),
             unavailable: AtomicBool::new(false),
             jwks_unavailable: AtomicBool::new(false),
@@ -382,6 +395,42 @@ impl OidcIssuer {
     /// The token endpoint's URL (the discovery document's `token_endpoint`).
     pub fn token_endpoint(&self) -> String {
         format!("{}/oauth/token", self.state.base_url)
+    }
+
+    /// Redeems a refresh token at the token endpoint in process (no socket, so paused-time tests
+    /// stay exact): the status and body `POST /oauth/token` would answer to
+    /// `grant_type=refresh_token` with client_secret_post, with the same counters, rotation,
+    /// reuse detection and unavailability. credbroker's `emulated` module turns this into its
+    /// `TokenEndpoint`.
+    pub fn redeem_refresh_token(
+        &self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        refresh_token: &str,
+    ) -> TokenReply {
+        if self.state.unavailable.load(Ordering::Relaxed) {
+            self.state.grants().count_request();
+            return TokenReply {
+                status: StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+                body: SecretString::from(UNAVAILABLE_BODY),
+            };
+        }
+        let result = self.state.token_grant(
+            Some(client_id),
+            client_secret,
+            Some("refresh_token"),
+            Some(refresh_token),
+        );
+        match result {
+            Ok(body) => TokenReply {
+                status: StatusCode::OK.as_u16(),
+                body: SecretString::from(body.to_string()),
+            },
+            Err(e) => TokenReply {
+                status: e.status,
+                body: SecretString::from(oauth_error_body(&e).to_string()),
+            },
+        }
     }
 
     /// While `down`, discovery, JWKS and the token endpoint answer `503 Service Unavailable`.
@@ -874,11 +923,14 @@ fn routes(state: Arc<IssuerState>) -> Router {
         .with_state(state)
 }
 
+/// The body of every `503` the issuer answers while unavailable.
+const UNAVAILABLE_BODY: &str = "Service Unavailable";
+
 fn unavailable() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, "1")],
-        "Service Unavailable",
+        UNAVAILABLE_BODY,
     )
         .into_response()
 }
@@ -912,9 +964,14 @@ fn oauth_error(e: &OAuthError) -> Response {
     (
         status,
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(json!({ "error": e.error, "error_description": e.description })),
+        axum::Json(oauth_error_body(e)),
     )
         .into_response()
+}
+
+/// An OAuth 2.0 error response body (RFC 6749 section 5.2).
+fn oauth_error_body(e: &OAuthError) -> Value {
+    json!({ "error": e.error, "error_description": e.description })
 }
 
 /// `POST /oauth/token` (form-encoded), client_secret_post or client_secret_basic.
@@ -965,61 +1022,6 @@ async fn token(
     }
 }
 
-impl crate::sources::refresh::TokenEndpoint for OidcIssuer {
-    /// The token endpoint called in process (no socket), so paused-time tests stay exact.
-    fn refresh<'a>(
-        &'a self,
-        request: crate::sources::refresh::RefreshRequest<'a>,
-    ) -> futures_util::future::BoxFuture<
-        'a,
-        Result<crate::sources::refresh::TokenResponse, crate::sources::refresh::GrantError>,
-    > {
-        use crate::secret::SecretString;
-        use crate::sources::refresh::{GrantError, GrantErrorKind, TokenResponse};
-        Box::pin(async move {
-            if self.state.unavailable.load(Ordering::Relaxed) {
-                self.state.grants().count_request();
-                return Err(GrantError {
-                    kind: GrantErrorKind::Unavailable,
-                    message: "HTTP 503".to_owned(),
-                });
-            }
-            let result = self.state.token_grant(
-                Some(request.client_id),
-                request.client_secret.map(SecretString::expose_str),
-                Some("refresh_token"),
-                Some(request.refresh_token.expose_str()),
-            );
-            match result {
-                Ok(body) => {
-                    let field = |name: &str| {
-                        body.get(name)
-                            .and_then(Value::as_str)
-                            .map(SecretString::from)
-                    };
-                    Ok(TokenResponse {
-                        id_token: field("id_token"),
-                        refresh_token: field("refresh_token"),
-                    })
-                }
-                Err(e) => {
-                    let body = json!({ "error": e.error, "error_description": e.description });
-                    match crate::sources::refresh::parse_token_response(
-                        e.status,
-                        body.to_string().as_bytes(),
-                    ) {
-                        Err(e) => Err(e),
-                        Ok(_) => Err(GrantError {
-                            kind: GrantErrorKind::Rejected,
-                            message: e.error.to_owned(),
-                        }),
-                    }
-                }
-            }
-        })
-    }
-}
-
 /// Body of `POST /_emulator/mint`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1061,8 +1063,8 @@ mod tests {
     use openidconnect::{ClientId, IssuerUrl, JsonWebKey as _, Nonce};
 
     use super::*;
-    use crate::clock::{Clock as _, from_unix_seconds, unix_seconds};
-    use crate::emulator::testutil::{ManualClock, send};
+    use crate::clock::{from_unix_seconds, unix_seconds};
+    use crate::testutil::{ManualClock, send};
 
     const NOW: i64 = 1_700_000_000;
 
@@ -1378,6 +1380,49 @@ mod tests {
             issuer.verifying_key(&embedded().ec.kid).is_none(),
             "EC keys are not RSA"
         );
+    }
+
+    /// The in-process redemption credbroker's tests use answers exactly what `POST /oauth/token`
+    /// answers, and counts the same.
+    #[tokio::test]
+    async fn in_process_redemption_answers_like_the_token_endpoint() {
+        let (issuer, _) = start(IssuerOptions::default()).await;
+        let post = |refresh_token: &str| {
+            let body = format!(
+                "grant_type=refresh_token&client_id={DEFAULT_AUDIENCE}&refresh_token={refresh_token}"
+            );
+            let url = issuer.token_endpoint();
+            async move {
+                let form = [("content-type", "application/x-www-form-urlencoded")];
+                send(Method::POST, &url, &form, &body).await
+            }
+        };
+        let first = issuer.issue_refresh_token("auth0|in-process");
+
+        let granted = issuer.redeem_refresh_token(DEFAULT_AUDIENCE, None, &first);
+        assert_eq!(granted.status, 200);
+        let body: Value = serde_json::from_str(granted.body.expose_str()).expect("JSON body");
+        let id_token = body["id_token"].as_str().expect("an ID token");
+        assert_eq!(segment(id_token, 1)["sub"], "auth0|in-process");
+        let rotated = body["refresh_token"]
+            .as_str()
+            .expect("a rotated refresh token");
+        assert_ne!(rotated, first);
+
+        // Reusing the retired token: refused in process and over HTTP with the same answer.
+        let reused = issuer.redeem_refresh_token(DEFAULT_AUDIENCE, None, &first);
+        let over_http = post(&first).await;
+        assert_eq!((reused.status, over_http.status.as_u16()), (403, 403));
+        let reused: Value = serde_json::from_str(reused.body.expose_str()).expect("JSON body");
+        assert_eq!(reused, over_http.json());
+        assert_eq!(reused["error"], "invalid_grant");
+
+        issuer.set_unavailable(true);
+        let down = issuer.redeem_refresh_token(DEFAULT_AUDIENCE, None, rotated);
+        let over_http = post(rotated).await;
+        assert_eq!((down.status, over_http.status.as_u16()), (503, 503));
+        assert_eq!(down.body.expose_str(), over_http.body);
+        assert_eq!(issuer.token_stats().requests, 5);
     }
 
     #[tokio::test]

@@ -46,11 +46,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use super::jwt;
-use super::oidc::{IssuerState, OidcIssuer, logins_key_of};
-use super::{ServerHandle, default_listen, serve};
-use crate::clock::{SharedClock, from_unix_millis, unix_millis, unix_seconds};
+use crate::clock::{Clock, SharedClock, from_unix_millis, unix_millis, unix_seconds};
+use crate::jwt;
+use crate::oidc::{IssuerState, OidcIssuer, logins_key_of};
 use crate::secret::SecretString;
+use crate::{ServerHandle, default_listen, serve};
 
 /// The identity pool the emulator serves by default.
 pub const DEFAULT_IDENTITY_POOL_ID: &str = "us-east-1:0f1e2d3c-4b5a-4697-8877-665544332211";
@@ -511,7 +511,7 @@ impl CognitoEmulator {
     pub async fn start(
         options: CognitoOptions,
         providers: Vec<TrustedProvider>,
-        clock: SharedClock,
+        clock: impl Clock,
     ) -> std::io::Result<CognitoEmulator> {
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
         let endpoint_url = format!("http://{}", listener.local_addr()?);
@@ -531,7 +531,7 @@ impl CognitoEmulator {
                     keys: provider.issuer.key_source(),
                 })
                 .collect(),
-            clock,
+            clock: crate::clock::shared(clock),
             identities: Mutex::new(Identities::default()),
             credentials: Mutex::new(HashMap::new()),
             stats: Mutex::new(CognitoStats::default()),
@@ -1278,60 +1278,6 @@ async fn faults(State(state): State<Arc<CognitoState>>, body: Bytes) -> Response
     axum::Json(faults.settings()).into_response()
 }
 
-/// The emulator called in-process as the broker's Cognito: same validation, same counters, no
-/// sockets (so paused-time tests do not depend on I/O readiness).
-impl crate::cognito::CognitoApi for CognitoEmulator {
-    fn get_id<'a>(
-        &'a self,
-        identity_pool_id: &'a str,
-        login: crate::cognito::Login<'a>,
-    ) -> crate::cognito::BoxFuture<'a, Result<String, crate::cognito::UpstreamError>> {
-        Box::pin(async move {
-            let logins =
-                BTreeMap::from([(login.key.to_owned(), login.token.expose_str().to_owned())]);
-            CognitoEmulator::get_id(self, identity_pool_id, &logins)
-                .await
-                .map_err(|e| upstream(e, crate::cognito::Operation::GetId))
-        })
-    }
-
-    fn get_credentials<'a>(
-        &'a self,
-        identity_id: &'a str,
-        login: crate::cognito::Login<'a>,
-        custom_role_arn: Option<&'a str>,
-    ) -> crate::cognito::BoxFuture<
-        'a,
-        Result<crate::cognito::RawCredentials, crate::cognito::UpstreamError>,
-    > {
-        Box::pin(async move {
-            let logins =
-                BTreeMap::from([(login.key.to_owned(), login.token.expose_str().to_owned())]);
-            let c = self
-                .get_credentials_for_identity(identity_id, &logins, custom_role_arn)
-                .await
-                .map_err(|e| upstream(e, crate::cognito::Operation::GetCredentialsForIdentity))?;
-            Ok(crate::cognito::RawCredentials {
-                access_key_id: c.access_key_id,
-                secret_key: c.secret_key,
-                session_token: c.session_token,
-                expiration: c.expiration,
-            })
-        })
-    }
-}
-
-fn upstream(
-    e: ServiceError,
-    operation: crate::cognito::Operation,
-) -> crate::cognito::UpstreamError {
-    crate::cognito::UpstreamError {
-        kind: crate::cognito::ErrorKind::from_type(e.type_name()),
-        message: e.message,
-        operation,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -1344,8 +1290,8 @@ mod tests {
 
     use super::*;
     use crate::clock::from_unix_seconds;
-    use crate::emulator::oidc::{DEFAULT_AUDIENCE, IssuerOptions, SigningAlg, TokenSpec};
-    use crate::emulator::testutil::{ManualClock, send};
+    use crate::oidc::{DEFAULT_AUDIENCE, IssuerOptions, SigningAlg, TokenSpec};
+    use crate::testutil::{ManualClock, send};
 
     /// 2023-11-14T22:13:20.123Z.
     const NOW_MILLIS: u64 = 1_700_000_000_123;

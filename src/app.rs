@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
+use crate::broker::{Configured, ConfiguredIdentity, SessionRefresh};
 use crate::clock::{self, SharedClock};
 use crate::cognito::{CognitoApi, Exchanger, RetryPolicy, SdkCognito};
 use crate::config::{Config, SourceConfig};
@@ -30,10 +31,9 @@ use crate::metrics::Metrics;
 use crate::oidc::Validator;
 use crate::readiness::{CognitoWatch, Readiness, Watched};
 use crate::server::{self, Limits, admin, container, imds};
-use crate::sessions::SessionRefresh;
 use crate::sources::file::TokenFileSource;
 use crate::sources::refresh::{FileStore, HttpTokenEndpoint, RefreshTokenSource, TokenEndpoint};
-use crate::sources::{Configured, ConfiguredIdentity, IdentitySource, SourceDriver};
+use crate::sources::{IdentitySource, SourceDriver};
 
 /// Replacements for production dependencies (tests, the demo).
 #[derive(Default)]

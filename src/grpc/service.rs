@@ -17,13 +17,14 @@ use tonic::{Code, Request, Response, Status};
 
 use super::proto::{self, get_credentials_request::Auth};
 use super::{http_equivalent, status, status_of, take_secret};
+use crate::broker::RefreshLogin;
 use crate::broker::{Broker, BrokerError};
 use crate::clock;
 use crate::identity::{Identity, IdentityKey, Issued};
 use crate::metrics::Surface;
 use crate::oidc::VerifiedToken;
 use crate::secret::SecretString;
-use crate::sessions::{RefreshLogin, Session, SessionError};
+use crate::sessions::{Session, SessionError};
 
 /// Limits and timings of the service.
 #[derive(Debug, Clone, Copy)]

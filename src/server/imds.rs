@@ -2,7 +2,7 @@
 //!
 //! Owns: the EC2 instance-metadata paths AWS SDKs use to load credentials, on their own
 //! listener at root paths (the JS SDK drops any path from the endpoint), serving one configured
-//! identity ([`crate::sources::ConfiguredIdentity`]).
+//! identity ([`crate::broker::ConfiguredIdentity`]).
 //!
 //! Promises:
 //! - `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds: 1..=21600` answers a
@@ -43,11 +43,11 @@ use sha2::{Digest as _, Sha256};
 use super::container::forwarded_refusal;
 use super::{client_error, error_response};
 use crate::broker::Broker;
+use crate::broker::ConfiguredIdentity;
 use crate::clock;
 use crate::config::ImdsConfig;
 use crate::metrics::Surface;
 use crate::secret::ZeroizingBytes;
-use crate::sources::ConfiguredIdentity;
 
 /// The session-token path.
 pub const TOKEN_PATH: &str = "/latest/api/token";
@@ -276,7 +276,7 @@ async fn credentials(state: &AppState) -> Response {
     );
     let result = match tokio::time::timeout(state.request_timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(crate::sources::IdentityError::Broker(
+        Err(_) => Err(crate::broker::IdentityError::Broker(
             crate::broker::BrokerError::Timeout,
         )),
     };

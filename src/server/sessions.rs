@@ -32,11 +32,11 @@ use serde::Deserialize;
 
 use super::container::{bearer_token, forwarded_refusal};
 use super::{client_error, error_response};
+use crate::broker::RefreshLogin;
 use crate::broker::{Broker, BrokerError};
 use crate::clock;
 use crate::metrics::Surface;
 use crate::secret::SecretString;
-use crate::sessions::RefreshLogin;
 
 /// Where sessions are created.
 pub const SESSIONS_PATH: &str = "/v1/sessions";

@@ -588,6 +588,17 @@ impl CognitoEmulator {
         self.state.credentials().get(access_key_id).cloned()
     }
 
+    /// The logins (`Logins` key, `sub`) linked to `identity_id`: the emulator's own record of
+    /// whom an identity, and so every access key issued to it, belongs to. Empty when unknown.
+    pub fn logins_of(&self, identity_id: &str) -> Vec<(String, String)> {
+        self.state
+            .identities()
+            .logins_of
+            .get(identity_id)
+            .map(|logins| logins.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The counters.
     pub fn stats(&self) -> CognitoStats {
         self.state.stats().clone()
@@ -1494,6 +1505,11 @@ mod tests {
             let access_key_id = credentials.access_key_id().expect("access key");
             let issued = fx.emu.lookup_access_key(access_key_id).expect("remembered");
             assert_eq!(issued.identity_id, identity_id);
+            assert_eq!(
+                fx.emu.logins_of(&issued.identity_id),
+                vec![(fx.issuer.logins_key(), "auth0|abc".to_owned())]
+            );
+            assert!(fx.emu.logins_of("us-east-1:unknown").is_empty());
             assert_eq!(issued.role_arn, DEFAULT_ROLE_ARN);
             assert_eq!(
                 credentials.secret_key(),

@@ -13,6 +13,7 @@ mod imds;
 mod jwks;
 mod logs;
 mod ops;
+mod properties;
 mod refresh;
 mod sessions;
 mod single_flight;

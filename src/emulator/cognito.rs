@@ -315,7 +315,8 @@ pub struct IssuedCredentials {
 /// Counters of one operation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperationStats {
-    /// Calls received, whatever their outcome.
+    /// Calls received, whatever their outcome (counted on arrival: a call abandoned by its
+    /// caller during injected latency counts here but has no outcome).
     pub calls: u64,
     /// Calls that succeeded.
     pub ok: u64,
@@ -687,12 +688,14 @@ impl CognitoState {
         }
     }
 
-    /// Applies the faults, runs `logic` and counts the call.
+    /// Applies the faults, runs `logic` and counts the call: on arrival, so a call whose caller
+    /// gave up during the injected latency still counts in `calls` (its outcome never does).
     async fn call<T>(
         &self,
         op: Operation,
         logic: impl FnOnce() -> Result<T, ServiceError>,
     ) -> Result<T, ServiceError> {
+        self.stats().operation_mut(op).calls += 1;
         let result = match self.faults.before() {
             Err(error) => Err(error),
             Ok(latency) => {
@@ -706,7 +709,18 @@ impl CognitoState {
             // Messages carry ids and claim values at most, never tokens or secrets.
             tracing::debug!(operation = op.name(), %error, "cognito emulator call failed");
         }
-        self.record(op, result.as_ref().err().map(ServiceError::type_name));
+        let mut stats = self.stats();
+        let counters = stats.operation_mut(op);
+        match &result {
+            Ok(_) => counters.ok += 1,
+            Err(error) => {
+                *counters
+                    .errors
+                    .entry(error.type_name().to_owned())
+                    .or_default() += 1
+            }
+        }
+        drop(stats);
         result
     }
 

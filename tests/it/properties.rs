@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use credbroker::broker::BrokerError;
-use credbroker::clock::format_aws_timestamp;
 use credbroker::emulator::cognito::{CognitoOptions, DEFAULT_ROLE_ARN};
 use credbroker::emulator::oidc::TokenSpec;
 use credbroker::identity::Issued;
@@ -27,6 +26,7 @@ use credbroker::metrics::Surface;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
+use crate::served;
 use crate::support::{Harness, Tweaks};
 
 /// Cases per `cargo test` run unless `PROPTEST_CASES` says otherwise.
@@ -143,7 +143,7 @@ impl Model {
 /// had every reason to succeed.
 fn check(
     h: &Harness,
-    model: &mut Model,
+    model: &Model,
     who: (usize, usize),
     answer: &Result<Arc<Issued>, BrokerError>,
     now: SystemTime,
@@ -161,50 +161,16 @@ fn check(
         }
         Err(_) => return Ok(()),
     };
-    let key = issued.access_key_id();
-    let record = h
-        .cognito
-        .lookup_access_key(key)
-        .ok_or_else(|| format!("served access key {key} that Cognito never issued"))?;
-    let owner = h.cognito.logins_of(&record.identity_id);
-    let expected_owner = vec![(h.issuer.logins_key(), subject(user))];
-    if owner != expected_owner {
-        return Err(format!(
-            "user {user} was served {key} of identity {} whose logins are {owner:?}",
-            record.identity_id
-        ));
-    }
-    if issued.identity_id().as_ref() != record.identity_id {
-        return Err(format!("{key}: identity id differs from Cognito's record"));
-    }
-    if issued.secret_access_key() != record.secret_key.expose_str()
-        || issued.session_token() != record.session_token.expose_str()
-    {
-        return Err(format!(
-            "{key}: secret key or session token is not the one Cognito issued with it"
-        ));
-    }
-    let expected_role = ROLES[role].unwrap_or(DEFAULT_ROLE_ARN);
-    if record.role_arn != expected_role {
-        return Err(format!(
-            "user {user} asked for {expected_role} and was served {key} for {}",
-            record.role_arn
-        ));
-    }
-    if issued.expiration() != format_aws_timestamp(record.expiration) {
-        return Err(format!("{key}: Expiration differs from Cognito's"));
-    }
-    let left = record
-        .expiration
-        .duration_since(now)
-        .unwrap_or(Duration::ZERO);
-    if left < model.min_remaining {
-        return Err(format!(
-            "{key} served with {left:?} left, below min_remaining {:?}",
-            model.min_remaining
-        ));
-    }
-    Ok(())
+    let role_arn = ROLES[role].unwrap_or(DEFAULT_ROLE_ARN);
+    served::verify(
+        h,
+        &subject(user),
+        role_arn,
+        issued,
+        now,
+        model.min_remaining,
+    )
+    .map(|_| ())
 }
 
 fn subject(user: usize) -> String {
@@ -272,7 +238,7 @@ async fn run(h: &Harness, ops: &[Op], min_remaining: Duration) -> Result<Model, 
                 let (raw, token_exp) = token_of(h, &mut model, *user, *oldest);
                 let (answer, now) = ask(h, &raw, *role).await;
                 let must = model.cognito_settled(now) && token_exp > now + MUST_SERVE_MARGIN;
-                check(h, &mut model, (*user, *role), &answer, now, must).map_err(at)?;
+                check(h, &model, (*user, *role), &answer, now, must).map_err(at)?;
             }
             Op::Burst(asks) => {
                 let mut calls = Vec::new();
@@ -285,7 +251,7 @@ async fn run(h: &Harness, ops: &[Op], min_remaining: Duration) -> Result<Model, 
                 }
                 for (who, token_exp, answer, now) in futures_util::future::join_all(calls).await {
                     let must = model.cognito_settled(now) && token_exp > now + MUST_SERVE_MARGIN;
-                    check(h, &mut model, who, &answer, now, must).map_err(at)?;
+                    check(h, &model, who, &answer, now, must).map_err(at)?;
                 }
             }
             Op::OpenSession { user, role } => {
@@ -297,7 +263,7 @@ async fn run(h: &Harness, ops: &[Op], min_remaining: Duration) -> Result<Model, 
                     .as_ref()
                     .map(|c| c.issued.clone())
                     .map_err(Clone::clone);
-                check(h, &mut model, (*user, *role), &answer, now, must).map_err(at)?;
+                check(h, &model, (*user, *role), &answer, now, must).map_err(at)?;
                 if let Ok(created) = created {
                     model.sessions.push(Session {
                         user: *user,
@@ -321,7 +287,7 @@ async fn run(h: &Harness, ops: &[Op], min_remaining: Duration) -> Result<Model, 
                 if s.revoked && answer.is_ok() {
                     return Err(at("a logged-out session was served credentials".into()));
                 }
-                check(h, &mut model, who, &answer, now, must).map_err(at)?;
+                check(h, &model, who, &answer, now, must).map_err(at)?;
             }
             Op::Logout { session } => {
                 let count = model.sessions.len();

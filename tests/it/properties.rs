@@ -11,7 +11,7 @@
 //! session API in process against the emulator called in process (no sockets race the paused
 //! clock). `cargo test --locked properties` runs [`DEFAULT_CASES`] cases in a few seconds; more
 //! with `PROPTEST_CASES=500 cargo test --locked properties`. A failing case is shrunk and saved
-//! in `tests/it/properties.txt`: commit that file, proptest replays it first on every run.
+//! in `tests/proptest-regressions/properties.txt`: commit that file, proptest replays it first on every run.
 //!
 //! [`Broker::credentials`]: credbroker::broker::Broker::credentials
 
@@ -84,10 +84,11 @@ enum Op {
     AskSession { session: usize },
     /// Logs a session out.
     Logout { session: usize },
-    /// Time passes: timers fire at their due times.
-    Wait { secs: u64 },
-    /// The clock jumps: every due timer fires late, at the new time.
-    Jump { secs: u64 },
+    /// Time passes (`per_mille` of the credential lifetime): timers fire at their due times.
+    Wait { per_mille: u32 },
+    /// The clock jumps (`per_mille` of the credential lifetime): every due timer fires late,
+    /// at the new time.
+    Jump { per_mille: u32 },
     /// Cognito goes down (true) or comes back (false).
     Outage(bool),
 }
@@ -103,9 +104,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..USERS, role).prop_map(|(user, role)| Op::OpenSession { user, role }),
         3 => (0..8usize).prop_map(|session| Op::AskSession { session }),
         1 => (0..8usize).prop_map(|session| Op::Logout { session }),
-        4 => (1..1800u64).prop_map(|secs| Op::Wait { secs }),
-        2 => (1..7200u64).prop_map(|secs| Op::Jump { secs }),
-        1 => any::<bool>().prop_map(Op::Outage),
+        4 => (1..1500u32).prop_map(|per_mille| Op::Wait { per_mille }),
+        2 => (1..1500u32).prop_map(|per_mille| Op::Jump { per_mille }),
+        2 => any::<bool>().prop_map(Op::Outage),
     ]
 }
 
@@ -221,7 +222,11 @@ async fn ask(
     (answer, h.clock.now())
 }
 
-async fn run(h: &Harness, ops: &[Op], min_remaining: Duration) -> Result<Model, String> {
+async fn run(
+    h: &Harness,
+    ops: &[Op],
+    (credential_lifetime, min_remaining): (Duration, Duration),
+) -> Result<Model, String> {
     let mut model = Model {
         tokens: (0..USERS).map(|_| Vec::new()).collect(),
         sessions: Vec::new(),
@@ -299,8 +304,12 @@ async fn run(h: &Harness, ops: &[Op], min_remaining: Duration) -> Result<Model, 
                     let _ = broker.revoke_session(&s.handle);
                 }
             }
-            Op::Wait { secs } => tokio::time::sleep(Duration::from_secs(*secs)).await,
-            Op::Jump { secs } => tokio::time::advance(Duration::from_secs(*secs)).await,
+            Op::Wait { per_mille } => {
+                tokio::time::sleep(credential_lifetime * *per_mille / 1000).await;
+            }
+            Op::Jump { per_mille } => {
+                tokio::time::advance(credential_lifetime * *per_mille / 1000).await;
+            }
             Op::Outage(down) => {
                 if model.outage && !down {
                     model.up_since = h.clock.now();
@@ -328,7 +337,7 @@ fn run_case(lifetime: usize, ops: &[Op]) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let (credential_lifetime, min_remaining) = CREDENTIAL_LIFETIMES[lifetime];
+        let (credential_lifetime, _) = CREDENTIAL_LIFETIMES[lifetime];
         let h = Harness::with(Tweaks {
             in_process_cognito: true,
             tokens: "jwks_refresh_interval = \"7d\"".into(),
@@ -343,7 +352,7 @@ fn run_case(lifetime: usize, ops: &[Op]) -> Result<(), String> {
         })
         .await;
         tokio::time::pause();
-        let result = run(&h, ops, min_remaining).await;
+        let result = run(&h, ops, CREDENTIAL_LIFETIMES[lifetime]).await;
         tokio::time::resume();
         h.stop().await;
         result.map(|_| ())
@@ -356,7 +365,7 @@ proptest! {
     #[test]
     fn no_caller_gets_another_users_credentials_or_less_than_min_remaining(
         lifetime in 0..CREDENTIAL_LIFETIMES.len(),
-        ops in prop::collection::vec(op(), 1..40),
+        ops in prop::collection::vec(op(), 1..60),
     ) {
         run_case(lifetime, &ops).map_err(TestCaseError::fail)?;
     }

@@ -16,6 +16,9 @@
 //!   is asked and nothing else proves Cognito answers, at most once per
 //!   `admin.cognito_probe_interval`, and `/readyz` waits for it at most `admin.probe_wait`;
 //!   scrapes ([`Readiness::report`]) never call upstream;
+//! - a provider without keys is reported with the document that failed (its discovery document
+//!   or its JWKS), that document's URL and its HTTP status or transport error
+//!   ([`crate::oidc::LoadError`]), never a generic "discovery failed";
 //! - the report names providers and error classes only: never a token, subject or identity id.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,7 +182,8 @@ pub struct ProviderReport {
     pub name: String,
     /// Whether discovery and JWKS loaded at least once.
     pub keys_loaded: bool,
-    /// The last load error, if the last load failed.
+    /// The last load error, if the last load failed: which document (discovery document or
+    /// JWKS), its URL, and its HTTP status or transport error.
     pub last_error: Option<String>,
 }
 

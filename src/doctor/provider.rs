@@ -15,15 +15,6 @@ use crate::http::{self, HttpsClient};
 /// Largest document read (as the daemon's loader).
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 
-/// Where the provider's discovery document is: `<issuer>/.well-known/openid-configuration`
-/// (trailing slash of the issuer removed first, as OIDC Discovery and openidconnect do).
-pub(super) fn discovery_url(p: &ProviderConfig) -> String {
-    format!(
-        "{}/.well-known/openid-configuration",
-        p.issuer.trim_end_matches('/')
-    )
-}
-
 /// The checks of one provider, in order; later ones are skipped once one fails.
 pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderConfig) -> Vec<Check> {
     let id = |what: &str| format!("provider.{}.{what}", p.name);
@@ -35,7 +26,7 @@ pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderCon
     };
 
     // 1. Discovery.
-    let url = discovery_url(p);
+    let url = p.discovery_url();
     let discovery = match get_json(http, &url, timeout).await {
         Ok(doc) => {
             checks.push(Check::ok(id("discovery"), format!("{url} answered 200")));

@@ -165,6 +165,14 @@ fn fix(e: &TokenError) -> String {
             "the issuer must put {claim} in its ID tokens (is this an ID token, not an access \
              token?)"
         ),
+        TokenError::MissingKeyId { provider } => format!(
+            "configure provider {provider} to put the signing key's id (kid) in the header of \
+             its ID tokens; Cognito picks the verification key by kid"
+        ),
+        TokenError::NotAnIdToken { .. } => "write the ID token to the file, not the access \
+             token (a User Pool's AuthenticationResult.IdToken, the id_token of an OAuth token \
+             response)"
+            .to_owned(),
         // The remaining (and any new) refusals say what to change in their message.
         _ => "the message says what to change".to_owned(),
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use credbroker::clock::{SharedClock, TokioClock};
 use credbroker::emulator::appsync::{AppSyncEmulator, AppSyncOptions};
 use credbroker::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
-use credbroker::emulator::oidc::{IssuerOptions, OidcIssuer, SigningAlg, TokenSpec};
+use credbroker::emulator::oidc::{Flavor, IssuerOptions, OidcIssuer, SigningAlg, TokenSpec};
 use serde_json::Value;
 
 use crate::support::{appsync_toml, tempdir};
@@ -33,6 +33,8 @@ struct Setup {
     trusted: Option<Trusted>,
     cognito: Option<CognitoOptions>,
     appsync: bool,
+    /// The issuer's options (default: an Auth0-shaped issuer).
+    issuer: Option<IssuerOptions>,
 }
 
 /// What the configuration says.
@@ -51,7 +53,7 @@ struct Conf {
 impl World {
     async fn start(setup: Setup) -> Self {
         let clock: SharedClock = std::sync::Arc::new(TokioClock::new());
-        let issuer = OidcIssuer::start(IssuerOptions::default(), clock.clone())
+        let issuer = OidcIssuer::start(setup.issuer.unwrap_or_default(), clock.clone())
             .await
             .expect("issuer");
         let trusted = match setup.trusted {
@@ -679,5 +681,56 @@ async fn unreachable_cognito_and_an_appsync_client_id_mismatch_are_named() {
     assert_eq!(c["code"], "UnauthorizedException");
     assert_eq!(d.status("appsync.oidc.reachable"), "ok");
     assert_eq!(d.status("appsync.iam.query"), "skip");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_pool_issuer_is_checked_at_its_discovery_url_and_its_access_token_is_named() {
+    let w = World::start(Setup {
+        issuer: Some(IssuerOptions {
+            audience: "4s9ltg1o4m3j1n0qk3v2example".into(),
+            flavor: Flavor::CognitoUserPool {
+                region: "us-east-1".into(),
+                pool_id: "us-east-1_AbCdEfGhI".into(),
+            },
+            ..IssuerOptions::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    // The issuer string is a User Pool's (https://cognito-idp.…/<pool>), which this machine
+    // cannot reach: only providers.<name>.discovery_url leads to the documents.
+    let config = w.config(Conf {
+        provider: format!("discovery_url = \"{}\"", w.issuer.discovery_url()),
+        ..Conf::default()
+    });
+    let access = w.issuer.mint(&TokenSpec {
+        access_token: true,
+        ..TokenSpec::for_subject("7d8e6f2a-user-pool-sub")
+    });
+    let d = Doctor::run(&config, Some(&w.token_file(&access))).await;
+    assert_eq!(d.code, Some(1), "{}", d.stdout);
+    let discovery = d.check("provider.test.discovery");
+    assert_eq!(discovery["status"], "ok", "{}", d.stdout);
+    assert!(
+        discovery["detail"]
+            .as_str()
+            .is_some_and(|t| t.contains(&w.issuer.discovery_url())),
+        "read from the configured discovery_url: {}",
+        d.stdout
+    );
+    assert_eq!(d.status("provider.test.issuer"), "ok", "{}", d.stdout);
+    let refused = d.failed(
+        "token.validation",
+        "access token",
+        "write the ID token to the file, not the access token",
+    );
+    assert_eq!(refused["code"], "NotAnIdToken");
+    assert_eq!(w.cognito.stats().get_id.ok, 0, "never sent to Cognito");
+
+    // The ID token of the same login passes every check.
+    let id_token = w.issuer.token_for("7d8e6f2a-user-pool-sub");
+    let d = Doctor::run(&config, Some(&w.token_file(&id_token))).await;
+    assert_eq!(d.code, Some(0), "{}", d.stdout);
     w.stop().await;
 }

@@ -21,3 +21,4 @@ mod sessions;
 mod single_flight;
 mod sources;
 mod support;
+mod user_pool;

@@ -4,8 +4,8 @@
 //! a child, as in the other load figures. A steady load — `CB_SOAK_CONNECTIONS` keep-alive
 //! connections, each asking `GET /v1/credentials` as fast as it is answered, cycling through
 //! every user's current ID token — runs for `CB_SOAK_SECONDS` (default one hour) over
-//! `CB_SOAK_USERS` users (default 1,000), while every minute a few users sign in again and a few
-//! new ones appear. Cognito faults are injected through the emulators' control endpoints
+//! `CB_SOAK_USERS` users (default 1,000), while every 12 s one user signs in again and one new
+//! user appears (so every fault meets first exchanges). Cognito faults are injected through the emulators' control endpoints
 //! (`POST /_emulator/faults`, `POST /_emulator/keys`) on a fixed schedule scaled to the duration:
 //! throttling, InternalErrorException, a JWKS key rotation (every user signs in again with a
 //! token signed by the new key, then the old key is withdrawn) and a Cognito outage (10 minutes
@@ -30,7 +30,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use credbroker::clock::SharedClock;
-use credbroker::emulator::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
+use credbroker::emulator::cognito::{
+    CognitoEmulator, CognitoOptions, CognitoStats, OperationStats, TrustedProvider,
+};
 use credbroker::emulator::oidc::{IssuerOptions, OidcIssuer};
 use rand::Rng as _;
 
@@ -44,9 +46,11 @@ const MIN_REMAINING_SECS: u64 = 20 * 60;
 /// (`cache.failure_backoff_max`, 15 s) plus one exchange with retries.
 const RECOVERY: Duration = Duration::from_secs(30);
 
-/// Users that sign in again, and new users, every minute.
+/// Users that sign in again, and new users, every minute: one of each every 12 s, so every
+/// fault window meets first exchanges.
 const RELOGINS_PER_MINUTE: usize = 5;
 const NEW_USERS_PER_MINUTE: usize = 5;
+const CHURN_EVERY: Duration = Duration::from_secs(60 / NEW_USERS_PER_MINUTE as u64);
 
 /// What the soak is asked to do.
 struct SoakOptions {
@@ -342,24 +346,50 @@ async fn load(
     }
 }
 
-/// Every minute: a few users sign in again, a few new users appear.
+/// Every [`CHURN_EVERY`]: a user signs in again (a new token, same identity), a new user
+/// appears (a first exchange).
 async fn churn(issuer: OidcIssuer, users: Arc<Users>, capacity: usize, stop: Arc<AtomicBool>) {
-    let mut minute = tokio::time::interval(Duration::from_secs(60));
-    minute.tick().await;
+    let mut every = tokio::time::interval(CHURN_EVERY);
+    every.tick().await;
     while !stop.load(Ordering::Relaxed) {
-        minute.tick().await;
+        every.tick().await;
         let mut tokens: Vec<Arc<str>> = users.tokens.load().as_ref().clone();
-        for _ in 0..RELOGINS_PER_MINUTE {
+        for _ in 0..RELOGINS_PER_MINUTE / NEW_USERS_PER_MINUTE {
             let i = rand::thread_rng().gen_range(0..tokens.len());
             tokens[i] = issuer.token_for(&subject(i)).into();
         }
-        for _ in 0..NEW_USERS_PER_MINUTE {
-            if tokens.len() < capacity {
-                tokens.push(issuer.token_for(&subject(tokens.len())).into());
-            }
+        if tokens.len() < capacity {
+            tokens.push(issuer.token_for(&subject(tokens.len())).into());
         }
         users.tokens.store(Arc::new(tokens));
     }
+}
+
+/// What Cognito (and the issuer's JWKS) saw between two snapshots.
+fn calls_between(before: &CognitoStats, after: &CognitoStats, jwks: u64) -> String {
+    let op = |b: &OperationStats, a: &OperationStats| {
+        let errors: Vec<String> = a
+            .errors
+            .iter()
+            .map(|(k, v)| (k, v - b.errors.get(k).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let errors = if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", errors.join(", "))
+        };
+        format!("{} calls{errors}", a.calls - b.calls)
+    };
+    format!(
+        "GetId {}, GetCredentialsForIdentity {}, JWKS fetches {jwks}",
+        op(&before.get_id, &after.get_id),
+        op(
+            &before.get_credentials_for_identity,
+            &after.get_credentials_for_identity
+        )
+    )
 }
 
 fn subject(user: usize) -> String {
@@ -394,17 +424,20 @@ async fn post(client: &HttpClient, url: &str, body: &str) {
     }
 }
 
-/// Injects and clears the faults on schedule.
+/// Injects and clears the faults on schedule; records what upstream saw during each in
+/// `during` (by fault index).
 async fn inject(
     client: HttpClient,
     faults: Arc<Vec<Fault>>,
-    cognito_url: String,
+    cognito: CognitoEmulator,
     issuer: OidcIssuer,
     users: Arc<Users>,
     start: Instant,
+    during: Arc<Mutex<Vec<String>>>,
 ) {
     let keys_url = format!("{}/_emulator/keys", issuer.base_url());
-    let faults_url = format!("{cognito_url}/_emulator/faults");
+    let faults_url = format!("{}/_emulator/faults", cognito.endpoint_url());
+    let mut snapshots = vec![(cognito.stats(), 0); faults.len()];
     let mut events: Vec<(Duration, usize, bool)> = faults
         .iter()
         .enumerate()
@@ -420,6 +453,13 @@ async fn inject(
             if begin { "inject" } else { "clear " },
             fault.name
         );
+        if begin {
+            snapshots[i] = (cognito.stats(), issuer.stats().jwks_requests);
+        } else {
+            let (stats, jwks) = &snapshots[i];
+            let seen = calls_between(stats, &cognito.stats(), issuer.stats().jwks_requests - jwks);
+            during.lock().unwrap_or_else(|p| p.into_inner())[i] = seen;
+        }
         match (fault.cognito, begin) {
             (Some((on, _)), true) => post(&client, &faults_url, on).await,
             (Some((_, off)), false) => post(&client, &faults_url, off).await,
@@ -526,13 +566,15 @@ pub async fn run() {
         )));
     }
     let churner = tokio::spawn(churn(issuer.clone(), users.clone(), capacity, stop.clone()));
+    let during = Arc::new(Mutex::new(vec![String::new(); faults.len()]));
     let injector = tokio::spawn(inject(
         client.clone(),
         faults.clone(),
-        cognito.endpoint_url(),
+        cognito.clone(),
         issuer.clone(),
         users.clone(),
         start,
+        during.clone(),
     ));
 
     let samples_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/soak-samples.csv");
@@ -603,6 +645,7 @@ pub async fn run() {
         tally: &tally,
         samples: &samples,
         faults: &faults,
+        during: &during.lock().unwrap_or_else(|p| p.into_inner()),
         below_min_remaining: below,
         stats,
         jwks_fetches: jwks,
@@ -626,6 +669,8 @@ struct Figures<'a> {
     tally: &'a Tally,
     samples: &'a [Sample],
     faults: &'a [Fault],
+    /// What upstream saw during each fault.
+    during: &'a [String],
     below_min_remaining: Option<f64>,
     stats: credbroker::emulator::cognito::CognitoStats,
     jwks_fetches: u64,
@@ -641,6 +686,12 @@ impl Figures<'_> {
         let last = self.samples.last().copied();
         let max_rss = self.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
         let max_fds = self.samples.iter().map(|s| s.fds).max().unwrap_or(0);
+        let rates: Vec<f64> = self
+            .samples
+            .windows(2)
+            .filter(|w| w[1].at > w[0].at + Duration::from_secs(1))
+            .map(|w| (w[1].requests - w[0].requests) as f64 / (w[1].at - w[0].at).as_secs_f64())
+            .collect();
         let requests = self.tally.total();
         let rate = requests as f64 / self.elapsed.as_secs_f64();
         let kinds = self.tally.kinds.lock().unwrap_or_else(|p| p.into_inner());
@@ -663,7 +714,16 @@ impl Figures<'_> {
             .unwrap_or_else(|p| p.into_inner());
         let op = |o: &credbroker::emulator::cognito::OperationStats| {
             let errors: Vec<String> = o.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            format!("{} calls, {} ok ({})", o.calls, o.ok, errors.join(", "))
+            if errors.is_empty() {
+                format!("{} calls, {} ok", o.calls, o.ok)
+            } else {
+                format!(
+                    "{} calls, {} ok, errors: {}",
+                    o.calls,
+                    o.ok,
+                    errors.join(", ")
+                )
+            }
         };
         let mut out = String::new();
         let _ = writeln!(out, "## Soak\n");
@@ -695,8 +755,13 @@ impl Figures<'_> {
                 "{} keep-alive connections, GET /v1/credentials cycling through every user's \
                  token; {} users at the start, {} at the end ({RELOGINS_PER_MINUTE} sign-ins \
                  again and {NEW_USERS_PER_MINUTE} new users a minute, everyone again at the \
-                 key rotation)",
-                self.options.connections, self.options.users, self.users_at_end
+                 key rotation); steady, as fast as answered: {} req/s per sample at the least, \
+                 {} at the most",
+                self.options.connections,
+                self.options.users,
+                self.users_at_end,
+                rates.iter().copied().fold(f64::INFINITY, f64::min).round(),
+                rates.iter().copied().fold(0.0, f64::max).round()
             ),
         );
         row(
@@ -764,19 +829,23 @@ impl Figures<'_> {
             op(&self.stats.get_credentials_for_identity),
         );
         row(&mut out, "JWKS fetches", self.jwks_fetches.to_string());
-        let schedule: Vec<String> = self
-            .faults
-            .iter()
-            .map(|f| {
+        for (i, f) in self.faults.iter().enumerate() {
+            let seen = self.during.get(i).map_or("", String::as_str);
+            row(
+                &mut out,
+                &format!("fault: {}", f.name),
                 format!(
-                    "{:.0}–{:.0} s {}",
+                    "{:.0}–{:.0} s; meanwhile {}",
                     f.from.as_secs_f64(),
                     f.to.as_secs_f64(),
-                    f.name
-                )
-            })
-            .collect();
-        row(&mut out, "faults injected", schedule.join("; "));
+                    if seen.is_empty() {
+                        "(not cleared)"
+                    } else {
+                        seen
+                    }
+                ),
+            );
+        }
         row(&mut out, "broker exit", self.exit.clone());
         row(
             &mut out,

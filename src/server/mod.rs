@@ -138,6 +138,18 @@ pub fn error_response(reply: &ErrorReply) -> Response {
     response
 }
 
+/// 405 with `Allow`, in the JSON shape (axum's own 405 has an empty body).
+pub fn method_not_allowed(allow: &'static str) -> Response {
+    let mut r = client_error(
+        405,
+        "MethodNotAllowed",
+        format!("this path answers {allow} only"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
 /// A plain client error (not from the broker).
 pub fn client_error(status: u16, code: &'static str, message: impl Into<String>) -> Response {
     error_response(&ErrorReply {

@@ -9,6 +9,7 @@ mod container;
 mod grpc;
 mod imds;
 mod jwks;
+mod listeners;
 mod logs;
 mod ops;
 mod refresh;

@@ -220,3 +220,31 @@ async fn too_many_waiting_callers_get_429() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_cognito_attempt_timeout_is_503_upstream_timeout() {
+    let h = Harness::with(Tweaks {
+        cognito: "attempt_timeout = \"200ms\"\nmax_attempts = 1".into(),
+        ..Tweaks::default()
+    })
+    .await;
+    // Slower than the attempt timeout, far inside server.request_timeout (10 s).
+    h.cognito
+        .faults()
+        .set_latency(std::time::Duration::from_secs(2));
+    let reply = h.get(&h.issuer.token_for("auth0|slow-cognito")).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.code(), "UpstreamTimeout", "{}", reply.text());
+    assert!(reply.headers.contains_key("retry-after"));
+    let m = h.running().broker.metrics.render();
+    assert_eq!(
+        metric(
+            &m,
+            "credbroker_cognito_calls_total{operation=\"GetId\",outcome=\"timeout\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    h.cognito.faults().clear();
+    h.stop().await;
+}

@@ -7,8 +7,8 @@
 //! Promises:
 //! - `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds: 1..=21600` answers a
 //!   session token and echoes that header (aws-config fails without it); a missing or
-//!   out-of-range TTL is 400. A PUT is never answered 403/404/405 (botocore and the JS SDK would
-//!   silently fall back to IMDSv1): any other PUT path is 400;
+//!   out-of-range TTL is 400. Other PUTs are never answered 404/405 (botocore and the JS SDK
+//!   would silently fall back to IMDSv1): any other PUT path is 400;
 //! - session tokens are 256-bit random, stored only as SHA-256 digests, expire after their TTL
 //!   (by the injected clock), and at most `imds.max_session_tokens` exist (the oldest is
 //!   dropped);
@@ -18,7 +18,9 @@
 //!   "Expiration"}`; another role is 404;
 //! - a GET with an unknown or expired token is 401; without a token it is 401 unless
 //!   `imds.allow_imdsv1`;
-//! - any request carrying `X-Forwarded-For` or `Forwarded` is 400 (it came through a proxy);
+//! - any request carrying `X-Forwarded-For` or `Forwarded` is 403 `ForwardedRequest`, as EC2
+//!   answers a proxied token PUT: a proxied request never gets a session token or credentials
+//!   (an SDK that falls back to IMDSv1 on that 403 gets 401 or 403 again);
 //! - accepted connections get IP TTL / IPv6 hop limit `imds.hop_limit` (EC2's
 //!   `HttpPutResponseHopLimit`, default 1: a container behind a bridge cannot read the answer);
 //! - credentials are served with at least `imds.min_remaining` left when a refresh can provide
@@ -40,7 +42,7 @@ use bytes::Bytes;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
-use super::container::forwarded_refusal;
+use super::container::forwarded_refusal_with;
 use super::{client_error, error_response};
 use crate::broker::Broker;
 use crate::clock;
@@ -188,7 +190,8 @@ fn text(body: impl Into<Bytes>) -> Response {
 }
 
 async fn answer(state: &AppState, method: &Method, path: &str, headers: &HeaderMap) -> Response {
-    if let Some(refusal) = forwarded_refusal(headers) {
+    // EC2 answers a proxied token PUT 403; GETs get the same (no SDK falls back on a GET).
+    if let Some(refusal) = forwarded_refusal_with(headers, 403) {
         return refusal;
     }
     if method == Method::PUT {

@@ -168,26 +168,41 @@ async fn put_never_answers_403_404_or_405() {
 }
 
 #[tokio::test]
-async fn forwarded_requests_are_refused() {
+async fn forwarded_requests_are_403_like_ec2_and_never_get_a_session_token() {
     let h = start().await;
-    let xff = ("x-forwarded-for", "10.0.0.7");
-    let r = h
-        .imds(
-            "PUT",
-            "/latest/api/token",
-            &[("x-aws-ec2-metadata-token-ttl-seconds", "60"), xff],
-        )
-        .await;
-    assert_eq!(r.status, 400);
     let token = h.imds_token("60").await;
-    let r = h
-        .imds(
-            "GET",
-            LISTING,
-            &[("x-aws-ec2-metadata-token", token.as_str()), xff],
-        )
-        .await;
-    assert_eq!(r.status, 400);
+    for forwarded in [
+        ("x-forwarded-for", "10.0.0.7"),
+        ("forwarded", "for=10.0.0.7"),
+    ] {
+        // EC2 refuses a token PUT that came through a proxy with 403.
+        let r = h
+            .imds(
+                "PUT",
+                "/latest/api/token",
+                &[("x-aws-ec2-metadata-token-ttl-seconds", "60"), forwarded],
+            )
+            .await;
+        assert_eq!(r.status, 403, "{forwarded:?}: {}", r.text());
+        assert_eq!(r.code(), "ForwardedRequest");
+        assert!(
+            !r.headers
+                .contains_key("x-aws-ec2-metadata-token-ttl-seconds")
+        );
+        // A GET with a valid token that came through a proxy gets nothing either.
+        for path in [LISTING.to_owned(), format!("{LISTING}{ROLE}")] {
+            let r = h
+                .imds(
+                    "GET",
+                    &path,
+                    &[("x-aws-ec2-metadata-token", token.as_str()), forwarded],
+                )
+                .await;
+            assert_eq!(r.status, 403, "{forwarded:?} {path}: {}", r.text());
+            assert_eq!(r.code(), "ForwardedRequest");
+            assert!(!r.text().contains("SecretAccessKey"));
+        }
+    }
     h.stop().await;
 }
 

@@ -13,6 +13,9 @@
 //!   unavailable with `Retry-After`;
 //! - requests that carry `X-Forwarded-For` or `Forwarded` are refused (400): they came through a
 //!   proxy, and credentials are for local callers only (SSRF through a local proxy);
+//! - like every route of the main listener (sessions, AppSync), a request whose `Host` is not a
+//!   loopback IP, `localhost`, the listen address or one of `server.allowed_hosts` is 403
+//!   `HostNotAllowed` before routing ([`HostPolicy`](super::HostPolicy), DNS-rebinding guard);
 //! - a cached answer does no I/O and no signature check.
 
 use std::sync::Arc;

@@ -21,6 +21,9 @@
 //! - any request carrying `X-Forwarded-For` or `Forwarded` is 403 `ForwardedRequest`, as EC2
 //!   answers a proxied token PUT: a proxied request never gets a session token or credentials
 //!   (an SDK that falls back to IMDSv1 on that 403 gets 401 or 403 again);
+//! - a request whose `Host` is not a loopback IP, `localhost`, the listen address or one of
+//!   `imds.allowed_hosts` is 403 `HostNotAllowed` before it reaches this router (the listener's
+//!   [`HostPolicy`](super::HostPolicy)): DNS rebinding cannot get a session token;
 //! - accepted connections get IP TTL / IPv6 hop limit `imds.hop_limit` (EC2's
 //!   `HttpPutResponseHopLimit`, default 1: a container behind a bridge cannot read the answer);
 //! - credentials are served with at least `imds.min_remaining` left when a refresh can provide

@@ -5,19 +5,28 @@
 //!
 //! Promises:
 //! - request heads larger than `server.max_header_bytes` are answered 431 by hyper without
-//!   reaching a handler; a client has `server.header_read_timeout` to send its head;
-//! - at most `server.max_connections` connections are served at once (the rest wait in the
-//!   kernel's backlog);
-//! - on shutdown the listener closes at once, in-flight requests complete, idle keep-alive
-//!   connections are closed, and [`serve`] returns when every connection is done;
+//!   reaching a handler; a client has `server.header_read_timeout` to send each request head;
+//! - at most `server.max_connections` connections are open at once. When all are taken, a new
+//!   connection takes the slot of the connection that has waited longest without a complete
+//!   request (see [`conn`]): a client that has sent its request never waits behind ones that
+//!   have not. When every connection is serving a request, new ones wait in the kernel's backlog;
+//! - on shutdown the listener closes at once; connections with nothing of a request received
+//!   are closed; every request already received (even partly) is answered, with
+//!   `Connection: close`; [`serve`] returns when every connection is done;
+//! - listeners given a [`HostPolicy`] refuse other `Host`s with 403 `HostNotAllowed` before
+//!   routing;
 //! - errors are always a non-200 status with `{"Code","Message"}` (a 200 carrying only
 //!   Code/Message crashes botocore), plus `Retry-After` when retrying helps.
 
 pub mod admin;
 pub mod appsync;
+mod conn;
 pub mod container;
+mod host;
 pub mod imds;
 pub mod sessions;
+
+pub use host::HostPolicy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,12 +36,14 @@ use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::ErrorReply;
+use crate::metrics::Metrics;
+use conn::{ConnService, ListenerShared, Slots, TrackedIo};
 
 /// Connection handling limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +67,19 @@ impl Limits {
     }
 }
 
+/// How one listener treats its connections and requests.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    /// The `listener` label of its metrics (`main`, `imds`, `admin`).
+    pub name: &'static str,
+    /// Connection limits.
+    pub limits: Limits,
+    /// The `Host` check; `None` answers any `Host` (the admin listener: probes use pod IPs).
+    pub hosts: Option<Arc<HostPolicy>>,
+    /// Where connection and Host-refusal counts go.
+    pub metrics: Option<Metrics>,
+}
+
 /// Binds `addr` (port 0 picks a free port).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
@@ -65,10 +89,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    limits: Limits,
+    options: ListenerOptions,
     shutdown: CancellationToken,
 ) {
-    serve_with(listener, router, limits, shutdown, |_| {}).await;
+    serve_with(listener, router, options, shutdown, |_| {}).await;
 }
 
 /// [`serve`], calling `on_accept` on each accepted connection before serving it (socket
@@ -76,12 +100,20 @@ pub async fn serve(
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
-    limits: Limits,
+    options: ListenerOptions,
     shutdown: CancellationToken,
     on_accept: impl Fn(&tokio::net::TcpStream) + Send + 'static,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limits = options.limits;
+    let shared = Arc::new(ListenerShared {
+        router,
+        hosts: options.hosts,
+        name: options.name,
+        metrics: options.metrics,
+    });
+    let slots = Slots::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let tasks = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -89,10 +121,6 @@ pub async fn serve_with(
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -105,20 +133,77 @@ pub async fn serve_with(
                 }
             },
         };
+        let Some(permit) = slot(&permits, &slots, &shared, &shutdown).await else {
+            break;
+        };
         let _ = stream.set_nodelay(true);
         on_accept(&stream);
-        let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        let stream = Arc::new(stream);
+        let conn = slots.open(stream.clone());
+        let service = ConnService {
+            shared: shared.clone(),
+            conn: conn.clone(),
+        };
+        let connection =
+            builder.serve_connection(TokioIo::new(TrackedIo::new(stream, conn.clone())), service);
+        let (slots, shared) = (slots.clone(), shared.clone());
+        if let Some(m) = &shared.metrics {
+            m.http_connections.with_label_values(&[shared.name]).inc();
+        }
+        tasks.spawn(async move {
+            tokio::select! {
+                ended = connection => if let Err(e) = ended {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                },
+                // Shed, or idle at shutdown: nothing is owed, close it.
+                () = conn.close_requested() => {}
+            }
+            slots.closed(&conn);
+            if let Some(m) = &shared.metrics {
+                m.http_connections.with_label_values(&[shared.name]).dec();
             }
             drop(permit);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    slots.drain();
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// A connection slot: a free one, else the slot of the connection that has waited longest
+/// without a complete request, else the first slot a finished connection frees. `None` on
+/// shutdown.
+async fn slot(
+    permits: &Arc<Semaphore>,
+    slots: &Slots,
+    shared: &ListenerShared,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        if let Ok(p) = permits.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        let shed = slots.shed_longest_waiting();
+        if shed {
+            if let Some(m) = &shared.metrics {
+                m.http_connections_shed
+                    .with_label_values(&[shared.name])
+                    .inc();
+            }
+            tracing::debug!(
+                listener = shared.name,
+                "all connection slots taken: closed the connection waiting longest without a \
+                 complete request"
+            );
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            p = permits.clone().acquire_owned() => return p.ok(),
+            // Every connection was serving: one that finishes its response may be shed.
+            () = slots.someone_waiting(), if !shed => {}
+        }
+    }
 }
 
 /// A JSON error response: `{"Code","Message"}` with the reply's status and `Retry-After`.

@@ -53,6 +53,9 @@ pub struct Tweaks {
     pub in_process_issuer: bool,
     /// Runs after the emulators start and before the broker does (write token files).
     pub setup: Option<Setup>,
+    /// Client ids the emulated identity pool trusts besides the issuer's audience (so a
+    /// refusal of such a token can only come from credbroker's own checks).
+    pub cognito_extra_audiences: Vec<String>,
 }
 
 /// See [`Tweaks::setup`].
@@ -161,9 +164,13 @@ impl Harness {
         let issuer = OidcIssuer::start(t.issuer_options.clone().unwrap_or_default(), clock.clone())
             .await
             .expect("issuer");
+        let mut trusted = TrustedProvider::for_issuer(&issuer);
+        trusted
+            .client_ids
+            .extend(t.cognito_extra_audiences.iter().cloned());
         let cognito = CognitoEmulator::start(
             t.cognito_options.clone().unwrap_or_default(),
-            vec![TrustedProvider::for_issuer(&issuer)],
+            vec![trusted],
             clock.clone(),
         )
         .await

@@ -12,6 +12,8 @@ use credbroker::{app, config, demo, probe, signals, telemetry};
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
+    // Before anything can panic: a panic message may quote request data (see telemetry).
+    telemetry::install_panic_hook();
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
     let rust_log = std::env::var("RUST_LOG").ok();

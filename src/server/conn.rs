@@ -31,12 +31,13 @@ use std::task::{Context, Poll, ready};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response, header};
+use axum::routing::future::RouteFuture;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
-use tower::ServiceExt as _;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tower::Service as _;
 
 use super::host::HostPolicy;
 use crate::metrics::Metrics;
@@ -44,9 +45,6 @@ use crate::metrics::Metrics;
 /// Set in [`Conn::state`] once the connection is being closed (shed, or drained while idle);
 /// the low bits count its complete requests not yet answered.
 const CLOSING: u32 = 1 << 31;
-
-/// Largest single read from a socket (the part of hyper's buffer initialised per read).
-const READ_CHUNK: usize = 8 * 1024;
 
 /// The open connections of one listener.
 pub(crate) struct Slots {
@@ -70,8 +68,12 @@ impl Slots {
         })
     }
 
-    /// Registers an accepted connection.
-    pub(crate) fn open(self: &Arc<Self>, stream: Arc<TcpStream>) -> Arc<Conn> {
+    /// Registers an accepted connection holding `slot`.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        stream: Arc<TcpStream>,
+        slot: OwnedSemaphorePermit,
+    ) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             id,
@@ -81,22 +83,25 @@ impl Slots {
             waiting_since: AtomicU64::new(self.order.fetch_add(1, Ordering::Relaxed)),
             started: AtomicBool::new(false),
             close: Notify::new(),
+            slot: Mutex::new(Some(slot)),
         });
         self.lock().insert(id, conn.clone());
         conn
     }
 
-    /// Forgets a connection that ended.
+    /// Forgets a connection that ended, releasing its slot unless it was handed over.
     pub(crate) fn closed(&self, conn: &Conn) {
         self.lock().remove(&conn.id);
+        drop(conn.take_slot());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Closes the connection that has been waiting longest, if any connection is waiting.
-    pub(crate) fn shed_longest_waiting(&self) -> bool {
+    /// Closes the connection that has been waiting longest, if any connection is waiting, and
+    /// hands over its slot at once (its socket closes as soon as its task runs).
+    pub(crate) fn shed_longest_waiting(&self) -> Option<OwnedSemaphorePermit> {
         // A candidate can start serving between the scan and the claim; then scan again.
         for _ in 0..8 {
             let candidate = self
@@ -106,12 +111,15 @@ impl Slots {
                 .min_by_key(|c| c.waiting_since.load(Ordering::Relaxed))
                 .cloned();
             match candidate {
-                None => return false,
-                Some(c) if c.claim_for_closing() => return true,
+                None => return None,
+                Some(c) if c.claim_for_closing() => match c.take_slot() {
+                    Some(slot) => return Some(slot),
+                    None => continue,
+                },
                 Some(_) => continue,
             }
         }
-        false
+        None
     }
 
     /// Waits until some connection starts waiting (it may then be shed).
@@ -147,9 +155,16 @@ pub(crate) struct Conn {
     started: AtomicBool,
     /// Wakes the connection's task to close it.
     close: Notify,
+    /// Its connection slot: released when the connection ends, or handed to a new connection
+    /// when this one is shed.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Conn {
+    fn take_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Resolves when the connection was chosen to be closed.
     pub(crate) async fn close_requested(&self) {
         self.close.notified().await;
@@ -238,10 +253,9 @@ impl AsyncRead for TrackedIo {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
-            let want = buf.remaining().min(READ_CHUNK);
-            match self.stream.try_read(buf.initialize_unfilled_to(want)) {
+            // Into the unfilled (uninitialised) part of hyper's buffer: nothing is zeroed first.
+            match self.stream.try_read_buf(buf) {
                 Ok(n) => {
-                    buf.advance(n);
                     if n > 0 {
                         self.conn.bytes_read();
                     }
@@ -416,15 +430,12 @@ pub(crate) struct ConnService {
     pub(crate) conn: Arc<Conn>,
 }
 
-type ServiceFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
-
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = ServiceFuture;
+    type Future = ConnFuture;
 
-    fn call(&self, request: Request<Incoming>) -> ServiceFuture {
+    fn call(&self, request: Request<Incoming>) -> ConnFuture {
         let progress = Arc::new(Progress {
             conn: self.conn.clone(),
             state: AtomicU8::new(PENDING),
@@ -440,31 +451,62 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 progress: progress.clone(),
             },
         );
-        let shared = self.shared.clone();
-        let slots = self.conn.slots.clone();
-        Box::pin(async move {
-            let refused = shared.hosts.as_ref().and_then(|h| h.refusal(&request));
-            let mut response = match refused {
-                Some(r) => {
-                    if let Some(m) = &shared.metrics {
-                        m.http_host_refusals.with_label_values(&[shared.name]).inc();
-                    }
-                    r
+        let shared = &self.shared;
+        let answer = match shared.hosts.as_ref().and_then(|h| h.refusal(&request)) {
+            Some(refusal) => {
+                if let Some(m) = &shared.metrics {
+                    m.http_host_refusals.with_label_values(&[shared.name]).inc();
                 }
-                None => match shared.router.clone().oneshot(request).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                },
-            };
-            if slots.draining() {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Answer::Ready(Some(refusal))
             }
-            Ok(response.map(|inner| ResponseBody {
-                inner,
-                _done: Finished(progress),
-            }))
-        })
+            // `Router` is always ready: no `poll_ready` needed before `call`.
+            None => Answer::Routed(shared.router.clone().call(request)),
+        };
+        ConnFuture {
+            answer,
+            progress,
+            slots: self.conn.slots.clone(),
+        }
+    }
+}
+
+/// The answer of [`ConnService`]: the router's, or a refusal made before routing.
+pub(crate) struct ConnFuture {
+    answer: Answer,
+    progress: Arc<Progress>,
+    slots: Arc<Slots>,
+}
+
+enum Answer {
+    Routed(RouteFuture<Infallible>),
+    Ready(Option<Response<Body>>),
+}
+
+impl Future for ConnFuture {
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut response = match &mut this.answer {
+            Answer::Routed(routed) => match ready!(Pin::new(routed).poll(cx)) {
+                Ok(r) => r,
+                Err(never) => match never {},
+            },
+            Answer::Ready(ready) => match ready.take() {
+                Some(r) => r,
+                // Polled again after it completed: hyper never does.
+                None => return Poll::Pending,
+            },
+        };
+        if this.slots.draining() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let progress = this.progress.clone();
+        Poll::Ready(Ok(response.map(|inner| ResponseBody {
+            inner,
+            _done: Finished(progress),
+        })))
     }
 }

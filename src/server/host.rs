@@ -29,6 +29,8 @@ pub struct HostPolicy {
     names: Vec<String>,
     /// The listener's own IP, when bound to a specific address.
     listen: Option<IpAddr>,
+    /// `ip:port` of the listener: what SDKs pointed at it send, checked first.
+    listen_authority: String,
     /// The setting that extends the list, for the refusal message.
     setting: &'static str,
 }
@@ -39,6 +41,7 @@ impl HostPolicy {
         Self {
             names: allowed.iter().map(|n| normalize(n)).collect(),
             listen: (!listen.ip().is_unspecified()).then_some(listen.ip()),
+            listen_authority: listen.to_string(),
             setting,
         }
     }
@@ -78,6 +81,13 @@ impl HostPolicy {
         let (Some(host), None) = (hosts.next(), hosts.next()) else {
             return Some(self.refuse("the request must carry exactly one Host header"));
         };
+        // Fast path: exactly the listen address, as SDKs send it.
+        if host.as_bytes() == self.listen_authority.as_bytes()
+            && self.listen.is_some()
+            && request.uri().authority().is_none()
+        {
+            return None;
+        }
         let Ok(host) = host.to_str() else {
             return Some(self.refuse("the Host header is not visible ASCII"));
         };

@@ -80,9 +80,22 @@ pub struct ListenerOptions {
     pub metrics: Option<Metrics>,
 }
 
+/// The listen backlog: connections the kernel completes before they are accepted. Deeper than
+/// tokio's 1,024 so that a burst of reconnects (clients being shed reconnect at once) does not
+/// overflow it: a SYN dropped there costs the client TCP's 1 s retransmission timeout. The
+/// kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds `addr` (port 0 picks a free port).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As TcpListener::bind does: a restarted daemon can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains. See the module docs.
@@ -139,7 +152,7 @@ pub async fn serve_with(
         let _ = stream.set_nodelay(true);
         on_accept(&stream);
         let stream = Arc::new(stream);
-        let conn = slots.open(stream.clone());
+        let conn = slots.open(stream.clone(), permit);
         let service = ConnService {
             shared: shared.clone(),
             conn: conn.clone(),
@@ -162,7 +175,6 @@ pub async fn serve_with(
             if let Some(m) = &shared.metrics {
                 m.http_connections.with_label_values(&[shared.name]).dec();
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -172,8 +184,8 @@ pub async fn serve_with(
 }
 
 /// A connection slot: a free one, else the slot of the connection that has waited longest
-/// without a complete request, else the first slot a finished connection frees. `None` on
-/// shutdown.
+/// without a complete request (taken over at once, while that connection closes), else the
+/// first slot a finished connection frees. `None` on shutdown.
 async fn slot(
     permits: &Arc<Semaphore>,
     slots: &Slots,
@@ -184,8 +196,7 @@ async fn slot(
         if let Ok(p) = permits.clone().try_acquire_owned() {
             return Some(p);
         }
-        let shed = slots.shed_longest_waiting();
-        if shed {
+        if let Some(slot) = slots.shed_longest_waiting() {
             if let Some(m) = &shared.metrics {
                 m.http_connections_shed
                     .with_label_values(&[shared.name])
@@ -196,12 +207,13 @@ async fn slot(
                 "all connection slots taken: closed the connection waiting longest without a \
                  complete request"
             );
+            return Some(slot);
         }
         tokio::select! {
             () = shutdown.cancelled() => return None,
             p = permits.clone().acquire_owned() => return p.ok(),
             // Every connection was serving: one that finishes its response may be shed.
-            () = slots.someone_waiting(), if !shed => {}
+            () = slots.someone_waiting() => {}
         }
     }
 }

@@ -12,6 +12,7 @@ mod faults;
 mod grpc;
 mod imds;
 mod jwks;
+mod listeners;
 mod logs;
 mod ops;
 mod properties;

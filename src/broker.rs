@@ -72,9 +72,9 @@ impl BrokerError {
     pub fn reply(&self) -> ErrorReply {
         match self {
             Self::Token(e) => {
-                let (status, retry) = match e {
-                    TokenError::ProviderUnavailable { .. } => (503, Some(5)),
-                    _ => (401, None),
+                let (status, retry) = match e.retry_after() {
+                    Some(after) => (503, Some(after.as_secs().max(1))),
+                    None => (401, None),
                 };
                 ErrorReply {
                     status,
@@ -145,8 +145,13 @@ impl BrokerError {
     }
 }
 
-/// The likely fix for a Cognito refusal, from its class and message.
-fn hint(error: &FetchError, provider: Option<&str>, logins_key: Option<&str>) -> Option<String> {
+/// The likely fix for a Cognito refusal, from its class and message (also used by
+/// `credbroker doctor`, so both say the same).
+pub fn hint(
+    error: &FetchError,
+    provider: Option<&str>,
+    logins_key: Option<&str>,
+) -> Option<String> {
     let m = error.message.as_str();
     let provider = provider.unwrap_or("<name>");
     let key = logins_key.unwrap_or("?");
@@ -320,6 +325,9 @@ impl Broker {
                 current
             }
             None => {
+                // A token held since it was validated (a session's) may be about to expire:
+                // never send Cognito a token it could refuse mid-exchange.
+                self.validator.check_remaining(token, now)?;
                 let _permit = self.pending.try_acquire().map_err(|_| BrokerError::Busy)?;
                 self.identities
                     .credentials_for(&entry, token)

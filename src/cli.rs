@@ -5,9 +5,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{DEFAULT_LISTEN, ENV_CONFIG_FILE, Sources};
+use crate::credential_process;
 
 /// Per-user temporary AWS credentials for OIDC users, served to any AWS SDK.
 #[derive(Debug, Parser)]
@@ -45,6 +46,59 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         timeout: u64,
     },
+    /// Check a configuration end to end (issuer documents, Cognito and the identity pool,
+    /// AppSync, and with --token-file a real token and one exchange) and say line by line what
+    /// holds and what to fix. Exit 0 only when every check holds.
+    Doctor(DoctorArgs),
+    /// Print AWS credentials from the running credbroker in the `credential_process` format of
+    /// ~/.aws/config (never talks to Cognito itself).
+    CredentialProcess(CredentialProcessArgs),
+}
+
+/// Flags of `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The configuration file to check (default: --config).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A file holding a user's ID token: validate it, then exchange it once with Cognito and
+    /// query each AppSync API with it. The token is never printed.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DoctorFormat::Text)]
+    pub format: DoctorFormat,
+}
+
+/// `doctor --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DoctorFormat {
+    /// One line per check, with its fix under it.
+    Text,
+    /// `{"ok", "config_file", "config_valid", "checks": [{"check", "status", "detail", "fix"?,
+    /// "code"?}]}`.
+    Json,
+}
+
+/// Flags of `credential-process`. The token itself is never a flag: command lines are visible
+/// to every user (`ps`).
+#[derive(Debug, Args)]
+pub struct CredentialProcessArgs {
+    /// The running credbroker's container endpoint [default: http://127.0.0.1:8900/v1/credentials].
+    #[arg(long, value_name = "URL", env = credential_process::ENV_URL)]
+    pub url: Option<String>,
+    /// The file holding the user's ID token or session handle (whitespace around it, such as a
+    /// trailing newline, is ignored). Without it, CREDBROKER_SESSION may hold a session handle.
+    #[arg(long, value_name = "FILE", env = credential_process::ENV_TOKEN_FILE)]
+    pub token_file: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = credential_process::DEFAULT_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub timeout: u64,
 }
 
 /// Flags of `run` (they override the file and the environment).

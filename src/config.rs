@@ -10,8 +10,8 @@
 //! - every problem is reported at once — unknown keys (typos), wrong types and invalid values —
 //!   each with its dotted path, so `credbroker check-config` is a complete review;
 //! - a [`Config`] that exists is valid: listen addresses are loopback unless explicitly allowed,
-//!   issuers are https (http only on loopback), no symmetric or `none` algorithms, thresholds
-//!   are ordered (`min_remaining < refresh_ahead`), durations are typed;
+//!   issuers and discovery URLs are https (http only on loopback), no symmetric or `none`
+//!   algorithms, thresholds are ordered (`min_remaining < refresh_ahead`), durations are typed;
 //! - defaults live in this file only, as the `DEFAULT_*` constants, and are mirrored (and
 //!   commented) in `config/credbroker.example.toml`.
 //!
@@ -132,7 +132,8 @@ pub struct ServerConfig {
 pub struct TokenConfig {
     /// Longest token accepted (bytes); longer ones are refused before any parsing.
     pub max_token_bytes: usize,
-    /// Clock-skew leeway for `exp`, `nbf` and `iat` (at most 5 minutes).
+    /// Clock-skew leeway for `nbf` and `iat` (at most 5 minutes). Never applied to `exp`: an
+    /// expired token is refused (Cognito would refuse it).
     pub leeway: Duration,
     /// How many verified tokens are remembered (by digest) so repeats skip signature checks.
     pub verified_cache_capacity: u64,
@@ -142,7 +143,8 @@ pub struct TokenConfig {
     pub jwks_refresh_interval: Duration,
     /// Timeout of discovery and JWKS requests.
     pub oidc_timeout: Duration,
-    /// A stored token is used for a background refresh only if it is valid this much longer.
+    /// A token with less than this left is refused (401 `TokenExpired`), and a stored token is
+    /// used for an exchange (a background refresh, a session's) only while it has this much left.
     pub min_token_validity: Duration,
 }
 
@@ -210,6 +212,25 @@ pub struct ProviderConfig {
     pub algorithms: Vec<Algorithm>,
     /// The key of this provider in Cognito's `Logins` map.
     pub logins_key: String,
+    /// Where the discovery document is fetched instead of
+    /// `<issuer>/.well-known/openid-configuration` (a private mirror, an emulator). The
+    /// document must still name `issuer` byte for byte.
+    pub discovery_url: Option<Url>,
+}
+
+impl ProviderConfig {
+    /// Where the discovery document is fetched: `discovery_url`, else
+    /// `<issuer>/.well-known/openid-configuration` (OIDC Discovery: the issuer's trailing slash
+    /// is not doubled).
+    pub fn discovery_url(&self) -> String {
+        match &self.discovery_url {
+            Some(url) => url.as_str().to_owned(),
+            None => format!(
+                "{}/.well-known/openid-configuration",
+                self.issuer.trim_end_matches('/')
+            ),
+        }
+    }
 }
 
 /// The Cognito identity pool.
@@ -248,7 +269,9 @@ pub struct CacheConfig {
     pub refresh_ahead: Duration,
     /// Spread of background refresh times (taken from the window between the two thresholds).
     pub refresh_jitter: Duration,
-    /// Identities with no caller for this long are evicted and no longer refreshed.
+    /// Identities with no caller for this long are evicted. Before that, a credential set
+    /// nobody asked for is not refreshed again unless the identity is watched or held (see
+    /// the identity cache's module docs).
     pub idle_timeout: Duration,
     /// Background refreshes started per second, at most (Cognito quota protection).
     pub refresh_rate: f64,
@@ -803,8 +826,23 @@ fn build_provider(s: &Section<'_>, name: &str) -> Option<ProviderConfig> {
         }
         None => issuer.as_deref().map(derive_logins_key),
     };
+    let discovery_url = match s.opt_str("discovery_url") {
+        None => Some(None),
+        Some(text) => match check_http_url(&text, "the discovery URL") {
+            Ok(url) if url.fragment().is_some() => {
+                s.error("discovery_url", "a discovery URL has no fragment");
+                None
+            }
+            Ok(url) => Some(Some(url)),
+            Err(msg) => {
+                s.error("discovery_url", msg);
+                None
+            }
+        },
+    };
     Some(ProviderConfig {
         name: name.to_owned(),
+        discovery_url: discovery_url?,
         logins_key: logins_key?,
         issuer: issuer?,
         audiences: audiences?,
@@ -840,7 +878,8 @@ pub fn derive_logins_key(issuer: &str) -> String {
     rest.strip_suffix('/').unwrap_or(rest).to_owned()
 }
 
-fn check_http_url(text: &str, what: &str) -> Result<Url, String> {
+/// `text` as a URL that is https, or plain http on a loopback host; else why not.
+pub(crate) fn check_http_url(text: &str, what: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("{what} {text:?} is not a URL: {e}"))?;
     match url.scheme() {
         "https" => Ok(url),
@@ -2239,6 +2278,56 @@ mod tests {
         ] {
             let text = MINIMAL.replace("https://dev-x.us.auth0.com/", issuer);
             assert_eq!(Config::from_toml(&text).is_ok(), ok, "{issuer}");
+        }
+    }
+
+    #[test]
+    fn discovery_url_is_https_or_loopback_http_and_defaults_to_none() {
+        let c = Config::from_toml(MINIMAL).expect("valid");
+        assert_eq!(c.providers[0].discovery_url, None);
+        let pool = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC";
+        for (url, ok) in [
+            (
+                "http://127.0.0.1:9000/.well-known/openid-configuration",
+                true,
+            ),
+            (
+                "https://idp-mirror.internal/pool/.well-known/openid-configuration",
+                true,
+            ),
+            (
+                "http://idp-mirror.internal/.well-known/openid-configuration",
+                false,
+            ),
+            (
+                "https://x.example/.well-known/openid-configuration#frag",
+                false,
+            ),
+            ("file:///etc/openid-configuration", false),
+        ] {
+            let text = MINIMAL.replace(
+                "issuer = \"https://dev-x.us.auth0.com/\"",
+                &format!("issuer = \"{pool}\"\ndiscovery_url = \"{url}\""),
+            );
+            match Config::from_toml(&text) {
+                Ok(c) => {
+                    assert!(ok, "{url} was accepted");
+                    let p = &c.providers[0];
+                    assert_eq!(p.discovery_url.as_ref().map(Url::as_str), Some(url));
+                    assert_eq!(p.issuer, pool, "the issuer is unchanged");
+                    assert_eq!(
+                        p.logins_key,
+                        "cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC"
+                    );
+                }
+                Err(e) => {
+                    assert!(!ok, "{url}: {e}");
+                    assert!(
+                        e.to_string().contains("providers.auth0.discovery_url"),
+                        "{e}"
+                    );
+                }
+            }
         }
     }
 

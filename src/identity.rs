@@ -20,6 +20,17 @@
 //!   servable, and never serves expired ones; a terminal refusal is remembered per token for
 //!   `cache.negative_ttl`, transient failures back off up to `cache.failure_backoff_max`, so a
 //!   broken identity cannot make credbroker hammer Cognito;
+//! - **refresh follows use**: a background refresh replaces a credential set only if the set
+//!   was used — asked for since it was issued (the on-demand set counts as asked: its caller got
+//!   it) — or the identity is in use by definition: watched (a gRPC `WatchCredentials` stream)
+//!   or held ([`IdentityCache::hold`]: configured identities and refresh-token sessions). An
+//!   identity nobody asks for costs at most one refresh after its last use, whatever the
+//!   credential lifetime (moto's 90 s would otherwise cost ~70 calls an hour until
+//!   `idle_timeout`). SDKs cache credentials and ask again only shortly before the set they hold
+//!   expires, which is never later than its successor's `refresh_at` (thresholds keep
+//!   `refresh_ahead` within half the lifetime), so a caller that keeps asking finds fresh
+//!   credentials. A set that was not refreshed is still served while servable; the first ask
+//!   after its `refresh_at` starts the refresh at once;
 //! - **idle eviction**: an identity without callers for `cache.idle_timeout` is not refreshed and
 //!   is removed at its next scheduled wake-up;
 //! - bounded: at most `cache.max_identities` entries.
@@ -52,6 +63,11 @@ use crate::secret::{REDACTED, ZeroizingBytes};
 
 /// Refreshes are never scheduled closer together than this for one identity.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `Identity::usage` bit: asked for since the current set was issued.
+const ASKED: u8 = 1;
+/// `Identity::usage` bit: a refresh was skipped for lack of use; the next ask starts it.
+const PARKED: u8 = 2;
 
 /// Who identifies an identity. Never contains a token.
 #[derive(Clone, PartialEq, Eq)]
@@ -381,6 +397,11 @@ pub struct Identity {
     failure: Mutex<Option<Failure>>,
     consecutive_failures: AtomicU32,
     last_used_ms: AtomicU64,
+    /// [`ASKED`] and [`PARKED`] bits: whether the current set was asked for, and whether a
+    /// refresh waits for the next ask.
+    usage: AtomicU8,
+    /// Live [`Hold`]s: sources that keep this identity in use.
+    holds: AtomicU32,
     last_refresh_ms: AtomicU64,
     /// The current scheduler wake-up; older queue entries are stale.
     wake_seq: AtomicU64,
@@ -412,6 +433,8 @@ impl Identity {
             failure: Mutex::new(None),
             consecutive_failures: AtomicU32::new(0),
             last_used_ms: AtomicU64::new(0),
+            usage: AtomicU8::new(0),
+            holds: AtomicU32::new(0),
             last_refresh_ms: AtomicU64::new(0),
             wake_seq: AtomicU64::new(0),
             state: AtomicU8::new(State::Active as u8),
@@ -476,6 +499,20 @@ impl Identity {
         self.state.store(s as u8, Ordering::Relaxed);
     }
 
+    /// Whether something follows this identity whether or not anyone asks: a watcher of its
+    /// credential sets, or a [`Hold`].
+    pub fn is_held(&self) -> bool {
+        self.holds.load(Ordering::Relaxed) > 0
+            || self.updates.get().is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    /// Records an ask; true when a refresh was parked waiting for one.
+    fn mark_asked(&self) -> bool {
+        // One load on the hot path: the bits are already `ASKED` while the identity is in use.
+        self.usage.load(Ordering::Relaxed) != ASKED
+            && self.usage.swap(ASKED, Ordering::AcqRel) & PARKED != 0
+    }
+
     /// Keeps `token` if it expires later than the one held. Returns true if it was kept.
     fn offer_token(&self, token: &Arc<VerifiedToken>) -> bool {
         let exp = clock::unix_millis(token.expires_at);
@@ -535,6 +572,34 @@ pub enum EvictionCause {
     Idle,
     /// Logout / revocation.
     Revoked,
+}
+
+/// Keeps an identity in use while alive: its credentials are refreshed ahead whether or not
+/// anyone asks (see the module docs). Configured identities and refresh-token sessions hold
+/// theirs; dropping the hold ends it.
+pub struct Hold {
+    entry: Arc<Identity>,
+}
+
+impl Hold {
+    /// The identity held.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.entry
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.entry.holds.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hold")
+            .field("identity", &self.entry)
+            .finish()
+    }
 }
 
 /// The cache. Cheap to clone.
@@ -635,12 +700,29 @@ impl IdentityCache {
         entry
             .last_used_ms
             .store(clock::unix_millis(now), Ordering::Relaxed);
+        let parked = entry.mark_asked();
         if entry.offer_token(token) && entry.state() == State::AwaitingToken {
             // A fresh token revives background refresh.
             entry.set_state(State::Active);
             s.schedule(&entry, now, now);
+        } else if parked {
+            // A refresh skipped for lack of use: the set served now is past its refresh point.
+            s.schedule(&entry, now, now);
         }
         entry
+    }
+
+    /// Keeps `entry` in use while the returned [`Hold`] lives (background refresh does not
+    /// wait for asks).
+    pub fn hold(&self, entry: &Arc<Identity>) -> Hold {
+        entry.holds.fetch_add(1, Ordering::Relaxed);
+        if entry.usage.fetch_and(!PARKED, Ordering::AcqRel) & PARKED != 0 {
+            let now = self.shared.clock.now();
+            self.shared.schedule(entry, now, now);
+        }
+        Hold {
+            entry: entry.clone(),
+        }
     }
 
     /// Credentials for an entry, using `token` if an exchange is needed.
@@ -665,7 +747,10 @@ impl IdentityCache {
             return Err(err);
         }
         let fetch = s.start_fetch(&self.shared, entry, token.clone(), Trigger::OnDemand, true);
-        fetch.await
+        let result = fetch.await;
+        // The caller gets this set (possibly from a background refresh it joined): it is used.
+        entry.mark_asked();
+        result
     }
 
     /// Starts (or joins) an exchange for `entry` although its credentials may still be servable,
@@ -682,7 +767,9 @@ impl IdentityCache {
             return Err(err);
         }
         let fetch = s.start_fetch(&self.shared, entry, token.clone(), Trigger::OnDemand, false);
-        fetch.await
+        let result = fetch.await;
+        entry.mark_asked();
+        result
     }
 
     /// Removes an identity (logout, revocation): its credentials are dropped at once.
@@ -907,6 +994,11 @@ impl Shared {
                     .as_ref()
                     .is_none_or(|p| issued.expires_at > p.expires_at);
                 if extends {
+                    if trigger == Trigger::Ahead {
+                        // Nobody has this set yet: it counts as used once someone asks. Cleared
+                        // before the store, so an ask racing with it counts for the new set.
+                        entry.usage.fetch_and(!ASKED, Ordering::AcqRel);
+                    }
                     entry.current.store(Some(issued.clone()));
                     *lock(&entry.failure) = None;
                     entry.consecutive_failures.store(0, Ordering::Relaxed);
@@ -1130,6 +1222,23 @@ impl Shared {
             self.schedule_idle_check(&entry, now);
             return;
         };
+        if !entry.is_held() && entry.usage.load(Ordering::Acquire) & ASKED == 0 {
+            // Nobody asked for the current set: refresh on the next ask, not now. An ask that
+            // raced with this check undoes the parking and the refresh goes ahead.
+            if entry.usage.fetch_or(PARKED, Ordering::AcqRel) & ASKED == 0 {
+                self.metrics
+                    .refreshes
+                    .with_label_values(&[Trigger::Ahead.label(), "skipped_unused"])
+                    .inc();
+                tracing::debug!(
+                    issuer = %entry.key.issuer,
+                    "nobody asked for the identity's current credentials; refreshing on the next ask"
+                );
+                self.schedule_idle_check(&entry, now);
+                return;
+            }
+            entry.usage.fetch_and(!PARKED, Ordering::AcqRel);
+        }
         let _ = self
             .start_fetch(this, &entry, token, Trigger::Ahead, false)
             .await;

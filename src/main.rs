@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser as _;
-use credbroker::cli::{self, Cli, Command, RunArgs};
-use credbroker::{app, config, demo, probe, signals, telemetry};
+use credbroker::cli::{self, Cli, Command, DoctorFormat, RunArgs};
+use credbroker::{app, config, credential_process, demo, doctor, probe, signals, telemetry};
 
 /// EX_USAGE: the configuration is invalid.
 const EXIT_CONFIG: u8 = 64;
@@ -111,6 +111,37 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("credbroker probe: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Doctor(args) => {
+            let file = args.file.or(cli.config);
+            let sources = cli::sources(file.clone(), env, Vec::new());
+            let report = runtime.block_on(doctor::run(
+                &sources,
+                file.as_deref(),
+                args.token_file.as_deref(),
+            ));
+            match args.format {
+                DoctorFormat::Text => print!("{}", report.to_text()),
+                DoctorFormat::Json => println!("{}", report.to_json()),
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Command::CredentialProcess(args) => {
+            let options = credential_process::Options {
+                url: args.url,
+                token_file: args.token_file,
+                timeout: Duration::from_secs(args.timeout),
+            };
+            match runtime.block_on(credential_process::run(&options, &env)) {
+                Ok(credentials) => {
+                    println!("{}", credentials.to_json());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("credbroker credential-process: {e}");
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

@@ -316,7 +316,7 @@ impl Metrics {
                 r,
                 "refreshes_total",
                 "Credential refreshes by trigger (ahead, on_demand) and result (ok, failed, \
-                 skipped_token_expired).",
+                 stale, skipped_token_expired, skipped_unused).",
                 &["trigger", "result"],
             ),
             soonest_credential_expiry: gauge(

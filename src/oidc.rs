@@ -7,20 +7,34 @@
 //! - a token is accepted only if: it is at most `tokens.max_token_bytes` long; it is a compact
 //!   JWS (three segments); its `alg` is one the provider allows (never `none` or HS*, which are
 //!   refused with a message that names the fix); its `iss` equals a configured issuer byte for
-//!   byte; `aud` contains an accepted client id, and `azp`, when present, is one; `exp` is
-//!   present and `exp`, `nbf`, `iat` hold within `tokens.leeway`; `sub` is present; and its
-//!   signature verifies with the provider's published key for its `kid`;
+//!   byte; it is an ID token (not a User Pool access token, `token_use: access`, nor an RFC 9068
+//!   `typ: at+jwt` one); it has at least `tokens.min_token_validity` left before `exp` (no
+//!   leeway: Cognito refuses an expired token, so none is ever sent to it); `nbf` and `iat`
+//!   hold within `tokens.leeway` (clock skew); `aud` contains an accepted client id, and `azp`,
+//!   when present, is one; `sub` is present; its header names a `kid` (Cognito and IAM pick the
+//!   verification key by `kid`, so a token without one is refused here, not by Cognito); and
+//!   its signature verifies with the provider's published key for that `kid`;
 //! - each rejection has its own [`TokenError`] variant, code and actionable message;
-//! - a token seen before is answered from a cache keyed by its SHA-256 digest until it expires,
-//!   so the hot path never repeats signature verification;
+//! - a token seen before is answered from a cache until it has less than
+//!   `tokens.min_token_validity` left, so the hot path never repeats signature verification and
+//!   the cache never serves a token the checks above would refuse;
 //! - an unknown `kid` triggers at most one JWKS refetch per `tokens.jwks_refetch_interval` per
 //!   provider (key rotation works; garbage tokens cannot make credbroker hammer the issuer);
-//!   keys are also refreshed every `tokens.jwks_refresh_interval`;
+//!   keys are also refreshed every `tokens.jwks_refresh_interval`. `UnknownKeyId` (401) means a
+//!   JWKS fetched successfully within that interval lacks the key; when the refetch failed, or
+//!   was rate-limited after a failed fetch, the answer is `ProviderUnavailable` (503, with a
+//!   retry delay): a rotated-in key during an issuer outage is not a bad token;
 //! - a provider whose keys could not be loaded yet answers `ProviderUnavailable` (503), retried
-//!   in the background; it never blocks other providers.
+//!   in the background; it never blocks other providers;
+//! - a failed load names the document that failed (discovery document or JWKS), its URL and
+//!   what went wrong (HTTP status, transport error, invalid content, issuer mismatch):
+//!   [`LoadError`]. The discovery document comes from `providers.<name>.discovery_url` when set,
+//!   else `<issuer>/.well-known/openid-configuration`; either way it must name the configured
+//!   issuer byte for byte, and its `jwks_uri` must be https (or http on loopback).
 //!
-//! openidconnect does discovery, JWKS fetching and the signature cryptography. Claims are read
-//! here, minimally: providers send loosely typed claims (Auth0's string `updated_at`) that a
+//! openidconnect parses the discovery document and the JWKS and does the signature
+//! cryptography; the two documents are fetched here, one after the other, so a failure names
+//! the one that failed. Claims are read here, minimally: providers send loosely typed claims (Auth0's string `updated_at`) that a
 //! strict parser would reject although credbroker never needs them.
 
 use std::collections::{BTreeSet, HashMap};
@@ -33,19 +47,23 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use base64::Engine as _;
 use openidconnect::core::{CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreProviderMetadata};
-use openidconnect::{IssuerUrl, JsonWebKey, SignatureVerificationError};
+use openidconnect::{JsonWebKey, SignatureVerificationError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, SharedClock};
 use crate::config::{Algorithm, ProviderConfig, TokenConfig, algorithm_refusal};
-use crate::http::{self, HttpsClient};
+use crate::http::{self as http_client, HttpsClient};
 use crate::metrics::Metrics;
 use crate::secret::SecretString;
 
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// `Retry-After` while a provider's keys were never loaded (the background retry backs off
+/// from 1 s up to a minute).
+const NOT_LOADED_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// A validated ID token.
 pub struct VerifiedToken {
@@ -163,6 +181,43 @@ pub enum TokenError {
         /// How long ago.
         ago: Duration,
     },
+    /// Less than `tokens.min_token_validity` is left before `exp` (code `TokenExpired`).
+    #[error(
+        "the token expires at {} (in {} s), and credbroker needs at least {} s left \
+         (tokens.min_token_validity) so that Cognito does not refuse it mid-exchange; refresh it \
+         and rewrite the token file, or sign in again",
+        clock::format_aws_timestamp(*.expires_at),
+        .left.as_secs(),
+        .min.as_secs()
+    )]
+    ExpiresSoon {
+        /// The `exp` claim.
+        expires_at: SystemTime,
+        /// How long is left.
+        left: Duration,
+        /// `tokens.min_token_validity`.
+        min: Duration,
+    },
+    /// Not an ID token: a Cognito User Pool access token or an RFC 9068 access token.
+    #[error(
+        "this is an access token ({what}), not an ID token; Cognito identity pools accept only \
+         ID tokens: send the ID token instead (a User Pool's AuthenticationResult.IdToken, the \
+         id_token of an OAuth token response)"
+    )]
+    NotAnIdToken {
+        /// What gave it away: `token_use "access"` or `typ "at+jwt"`.
+        what: String,
+    },
+    /// The header names no `kid`.
+    #[error(
+        "the token's header has no \"kid\"; Cognito and IAM pick the verification key by kid \
+         and would refuse it, so credbroker does too. Configure provider {provider} to put the \
+         key id in its ID tokens (Auth0, Okta, Entra ID and Cognito User Pools always do)"
+    )]
+    MissingKeyId {
+        /// Provider name.
+        provider: String,
+    },
     /// `nbf` or `iat` is in the future beyond the leeway.
     #[error(
         "the token is not valid before {} ({claim}); check the clocks of this host and the \
@@ -210,13 +265,15 @@ pub enum TokenError {
         /// Why.
         detail: String,
     },
-    /// The provider's keys have never been loaded.
-    #[error("provider {provider} is not available yet (its keys could not be loaded: {reason})")]
+    /// The provider's keys could not be loaded, or a refetch needed to judge the token failed.
+    #[error("provider {provider} is unavailable: {reason}")]
     ProviderUnavailable {
         /// Provider name.
         provider: String,
-        /// The last load error.
+        /// What failed (names the document).
         reason: String,
+        /// When a retry can succeed.
+        retry_after: Duration,
     },
 }
 
@@ -239,7 +296,9 @@ impl TokenError {
             Self::UnknownIssuer { .. } => "UnknownIssuer",
             Self::IssuerMismatch { .. } => "IssuerMismatch",
             Self::MissingClaim { .. } => "MissingClaim",
-            Self::Expired { .. } => "TokenExpired",
+            Self::Expired { .. } | Self::ExpiresSoon { .. } => "TokenExpired",
+            Self::NotAnIdToken { .. } => "NotAnIdToken",
+            Self::MissingKeyId { .. } => "MissingKeyId",
             Self::NotYetValid { .. } => "TokenNotYetValid",
             Self::AudienceMismatch { .. } => "AudienceMismatch",
             Self::UnknownKeyId { .. } => "UnknownKeyId",
@@ -261,11 +320,118 @@ impl TokenError {
             Self::IssuerMismatch { .. } => "issuer_mismatch",
             Self::MissingClaim { .. } => "missing_claim",
             Self::Expired { .. } => "expired",
+            Self::ExpiresSoon { .. } => "expires_soon",
+            Self::NotAnIdToken { .. } => "not_an_id_token",
+            Self::MissingKeyId { .. } => "missing_kid",
             Self::NotYetValid { .. } => "not_yet_valid",
             Self::AudienceMismatch { .. } => "audience_mismatch",
             Self::UnknownKeyId { .. } => "unknown_kid",
             Self::InvalidSignature { .. } => "invalid_signature",
             Self::ProviderUnavailable { .. } => "provider_unavailable",
+        }
+    }
+
+    /// When retrying can help: only for [`TokenError::ProviderUnavailable`].
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::ProviderUnavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// Which of a provider's two documents failed to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Document {
+    /// The OpenID Connect discovery document (`/.well-known/openid-configuration`).
+    Discovery,
+    /// The JSON Web Key Set its `jwks_uri` names.
+    Jwks,
+}
+
+impl fmt::Display for Document {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Discovery => "discovery document",
+            Self::Jwks => "JWKS",
+        })
+    }
+}
+
+/// What went wrong with a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoadProblem {
+    /// It answered with this HTTP status instead of 200.
+    Status(u16),
+    /// No answer: connection refused, DNS, TLS, timeout (the text says which).
+    Transport(String),
+    /// Larger than credbroker accepts (1 MiB).
+    TooLarge,
+    /// Not the expected JSON (content type, syntax or fields).
+    Invalid(String),
+    /// The discovery document names another issuer than the configured one.
+    IssuerMismatch {
+        /// The `issuer` it names.
+        found: String,
+    },
+    /// The discovery document's `jwks_uri` is plain http on a non-loopback host, or no URL.
+    InsecureJwksUri(String),
+}
+
+/// Why a provider's keys could not be loaded: the document, its URL and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct LoadError {
+    /// The provider (`[providers.<name>]`).
+    pub provider: String,
+    /// Which document failed.
+    pub document: Document,
+    /// Its URL.
+    pub url: String,
+    /// What went wrong.
+    pub problem: LoadProblem,
+    /// The configured issuer (for the mismatch message).
+    issuer: String,
+    /// The JWKS failed right after its discovery document loaded (the same attempt).
+    after_discovery: bool,
+}
+
+impl LoadError {
+    fn describe(&self) -> String {
+        let what = format!("the {} at {}", self.document, self.url);
+        let text = match &self.problem {
+            LoadProblem::Status(code) => {
+                let reason = http::StatusCode::from_u16(*code)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("");
+                format!("{what} answered HTTP {code} {reason}")
+                    .trim_end()
+                    .to_owned()
+            }
+            LoadProblem::Transport(detail) => format!("{what} could not be fetched: {detail}"),
+            LoadProblem::TooLarge => {
+                format!("{what} is larger than the {MAX_DOCUMENT_BYTES} bytes accepted")
+            }
+            LoadProblem::Invalid(detail) => {
+                format!("{what} is not a valid {}: {detail}", { self.document })
+            }
+            LoadProblem::IssuerMismatch { found } => format!(
+                "{what} names the issuer {found:?}, but providers.{}.issuer is {:?}; they must be \
+                 equal byte for byte (Auth0's issuer ends with '/', a Cognito User Pool's does \
+                 not): set the issuer to exactly the one the document names",
+                self.provider, self.issuer
+            ),
+            LoadProblem::InsecureJwksUri(uri) => format!(
+                "{what} names the jwks_uri {uri:?}, which is not https (plain http is accepted \
+                 only on loopback), so its keys could be forged on the way"
+            ),
+        };
+        if self.after_discovery {
+            format!("{text} (the discovery document loaded)")
+        } else {
+            text
         }
     }
 }
@@ -285,7 +451,7 @@ pub struct Provider {
     fetch_lock: tokio::sync::Mutex<()>,
     /// When the last fetch started (tokio time, so tests can pause it).
     last_fetch: Mutex<Option<tokio::time::Instant>>,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<LoadError>>,
     /// Incremented whenever a refetch withdraws a key id: verifications made before no longer
     /// count (a withdrawn key may have been compromised).
     withdrawals: AtomicU64,
@@ -298,12 +464,23 @@ struct KeySet {
     jwks_uri: openidconnect::JsonWebKeySetUrl,
     /// The discovery document's `token_endpoint` (refresh-token grants).
     token_endpoint: Option<String>,
+    /// The discovery document's `id_token_signing_alg_values_supported`, as JOSE names.
+    signing_algs: Vec<String>,
 }
 
 /// The outcome of asking for a refetch after an unknown `kid`.
 enum Refetch {
-    Done,
-    Suppressed,
+    /// The JWKS was fetched now (by this task or one it waited for): the keys held are fresh.
+    Fetched,
+    /// The refetch was made and failed.
+    Failed(LoadError),
+    /// Rate-limited: the last fetch started less than `refetch_interval` ago.
+    Suppressed {
+        /// That fetch's error, if it failed.
+        last_failed: Option<LoadError>,
+        /// When the next refetch is allowed.
+        retry_in: Duration,
+    },
 }
 
 impl fmt::Debug for Provider {
@@ -332,7 +509,7 @@ impl Provider {
             refetch_interval: tokens.jwks_refetch_interval,
             fetch_lock: tokio::sync::Mutex::new(()),
             last_fetch: Mutex::new(None),
-            last_error: Mutex::new(Some("keys not loaded yet".to_owned())),
+            last_error: Mutex::new(None),
             withdrawals: AtomicU64::new(0),
             metrics,
         }
@@ -358,21 +535,60 @@ impl Provider {
 
     /// The last load error, if the last load failed.
     pub fn last_error(&self) -> Option<String> {
+        self.last_load_error().map(|e| e.to_string())
+    }
+
+    /// The last load error as a value (which document, which URL, what), if the last load
+    /// failed.
+    pub fn last_load_error(&self) -> Option<LoadError> {
         self.last_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Loads (or reloads) discovery and keys now.
-    pub async fn load(&self) -> Result<(), String> {
+    /// The `kid`s of the keys currently held (empty before the first load).
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys
+            .load()
+            .as_ref()
+            .map(|k| k.kids.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The discovery document's `id_token_signing_alg_values_supported` (e.g. `["RS256"]`),
+    /// once discovery succeeded.
+    pub fn signing_algs(&self) -> Vec<String> {
+        self.keys
+            .load()
+            .as_ref()
+            .map(|k| k.signing_algs.clone())
+            .unwrap_or_default()
+    }
+
+    /// The discovery document's `jwks_uri`, once discovery succeeded.
+    pub fn jwks_uri(&self) -> Option<String> {
+        self.keys
+            .load()
+            .as_ref()
+            .map(|k| k.jwks_uri.as_str().to_owned())
+    }
+
+    /// Where the discovery document is fetched ([`ProviderConfig::discovery_url`]).
+    pub fn discovery_url(&self) -> String {
+        self.config.discovery_url()
+    }
+
+    /// Loads (or reloads) discovery and keys now. Once discovery succeeded, later loads fetch
+    /// only the JWKS. The error names the document that failed.
+    pub async fn load(&self) -> Result<(), LoadError> {
         let _guard = self.fetch_lock.lock().await;
         *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(tokio::time::Instant::now());
         self.fetch_locked().await
     }
 
-    async fn fetch_locked(&self) -> Result<(), String> {
+    async fn fetch_locked(&self) -> Result<(), LoadError> {
         let result = self.fetch_keys().await;
         let name = self.config.name.as_str();
         match result {
@@ -415,49 +631,130 @@ impl Provider {
         }
     }
 
-    async fn fetch_keys(&self) -> Result<KeySet, String> {
-        let http = self.http.clone();
-        let timeout = self.timeout;
-        let client = move |request: openidconnect::HttpRequest| {
-            let http = http.clone();
-            async move { http::fetch(&http, request, timeout, MAX_DOCUMENT_BYTES).await }
+    fn load_error(&self, document: Document, url: &str, problem: LoadProblem) -> LoadError {
+        LoadError {
+            provider: self.config.name.clone(),
+            document,
+            url: url.to_owned(),
+            problem,
+            issuer: self.config.issuer.clone(),
+            after_discovery: false,
+        }
+    }
+
+    /// GETs one document: its body, or what went wrong with it.
+    async fn get_document(&self, document: Document, url: &str) -> Result<Vec<u8>, LoadError> {
+        let fail = |problem| self.load_error(document, url, problem);
+        let request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(url)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(|e| fail(LoadProblem::Transport(format!("invalid URL: {e}"))))?;
+        let response = http_client::fetch(&self.http, request, self.timeout, MAX_DOCUMENT_BYTES)
+            .await
+            .map_err(|e| {
+                fail(match e {
+                    http_client::FetchError::TooLarge(_) => LoadProblem::TooLarge,
+                    http_client::FetchError::Timeout(t) => {
+                        LoadProblem::Transport(format!("no answer within {} ms", t.as_millis()))
+                    }
+                    other => LoadProblem::Transport(other.to_string()),
+                })
+            })?;
+        if response.status() != http::StatusCode::OK {
+            return Err(fail(LoadProblem::Status(response.status().as_u16())));
+        }
+        let accepted: &[&str] = match document {
+            Document::Discovery => &["application/json"],
+            Document::Jwks => &["application/json", "application/jwk-set+json"],
         };
-        let known = self
-            .keys
-            .load()
-            .as_ref()
-            .map(|k| (k.jwks_uri.clone(), k.token_endpoint.clone()));
-        let (jwks, jwks_uri, token_endpoint) = match known {
-            Some((uri, token_endpoint)) => {
-                let jwks = CoreJsonWebKeySet::fetch_async(&uri, &client)
-                    .await
-                    .map_err(|e| format!("fetching {} failed: {}", uri.as_str(), describe(&e)))?;
-                (jwks, uri, token_endpoint)
+        if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
+            let essence = content_type
+                .to_str()
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim();
+            if !accepted.iter().any(|a| essence.eq_ignore_ascii_case(a)) {
+                return Err(fail(LoadProblem::Invalid(format!(
+                    "its Content-Type is {content_type:?}, not application/json"
+                ))));
             }
+        }
+        Ok(response.into_body())
+    }
+
+    async fn fetch_keys(&self) -> Result<KeySet, LoadError> {
+        let known = self.keys.load().as_ref().map(|k| {
+            (
+                k.jwks_uri.clone(),
+                k.token_endpoint.clone(),
+                k.signing_algs.clone(),
+            )
+        });
+        let first_load = known.is_none();
+        let (jwks_uri, token_endpoint, signing_algs) = match known {
+            Some(known) => known,
             None => {
-                let issuer = IssuerUrl::new(self.config.issuer.clone())
-                    .map_err(|e| format!("invalid issuer URL: {e}"))?;
-                let metadata = CoreProviderMetadata::discover_async(issuer, &client)
-                    .await
-                    .map_err(|e| {
-                        let text = describe(&e);
-                        if text.contains("unexpected issuer URI") {
-                            format!(
-                                "{text}; providers.{}.issuer must be exactly the issuer the \
-                                 discovery document names (Auth0's ends with '/')",
-                                self.config.name
-                            )
-                        } else {
-                            format!("OIDC discovery failed: {text}")
-                        }
+                let url = self.discovery_url();
+                let body = self.get_document(Document::Discovery, &url).await?;
+                let metadata: CoreProviderMetadata =
+                    serde_json::from_slice(&body).map_err(|e| {
+                        self.load_error(
+                            Document::Discovery,
+                            &url,
+                            LoadProblem::Invalid(e.to_string()),
+                        )
                     })?;
+                if metadata.issuer().as_str() != self.config.issuer {
+                    return Err(self.load_error(
+                        Document::Discovery,
+                        &url,
+                        LoadProblem::IssuerMismatch {
+                            found: metadata.issuer().as_str().to_owned(),
+                        },
+                    ));
+                }
+                let jwks_uri = metadata.jwks_uri().clone();
+                if crate::config::check_http_url(jwks_uri.as_str(), "jwks_uri").is_err() {
+                    return Err(self.load_error(
+                        Document::Discovery,
+                        &url,
+                        LoadProblem::InsecureJwksUri(jwks_uri.as_str().to_owned()),
+                    ));
+                }
+                let signing_algs = metadata
+                    .id_token_signing_alg_values_supported()
+                    .iter()
+                    .filter_map(|a| match serde_json::to_value(a) {
+                        Ok(Value::String(name)) => Some(name),
+                        _ => None,
+                    })
+                    .collect();
                 (
-                    metadata.jwks().clone(),
-                    metadata.jwks_uri().clone(),
+                    jwks_uri,
                     metadata.token_endpoint().map(|u| u.as_str().to_owned()),
+                    signing_algs,
                 )
             }
         };
+        let body = self
+            .get_document(Document::Jwks, jwks_uri.as_str())
+            .await
+            .map_err(|e| LoadError {
+                after_discovery: first_load,
+                ..e
+            })?;
+        let jwks: CoreJsonWebKeySet = serde_json::from_slice(&body).map_err(|e| LoadError {
+            after_discovery: first_load,
+            ..self.load_error(
+                Document::Jwks,
+                jwks_uri.as_str(),
+                LoadProblem::Invalid(e.to_string()),
+            )
+        })?;
         let kids = jwks
             .keys()
             .iter()
@@ -468,12 +765,13 @@ impl Provider {
             kids,
             jwks_uri,
             token_endpoint,
+            signing_algs,
         })
     }
 
     /// Refetches keys after an unknown `kid`, at most once per `refetch_interval`.
     async fn refetch_for_unknown_kid(&self, kid: &str) -> Refetch {
-        let guard = self.fetch_lock.lock().await;
+        let _guard = self.fetch_lock.lock().await;
         // Another task may have refetched while we waited: if the kid is known now, done.
         if self
             .keys
@@ -481,24 +779,31 @@ impl Provider {
             .as_ref()
             .is_some_and(|k| k.kids.contains(kid))
         {
-            return Refetch::Done;
+            return Refetch::Fetched;
         }
         {
             let mut last = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
             let now = tokio::time::Instant::now();
-            if last.is_some_and(|t| now.duration_since(t) < self.refetch_interval) {
+            if let Some(at) = *last
+                && now.duration_since(at) < self.refetch_interval
+            {
                 self.metrics
                     .jwks_refetch_suppressed
                     .with_label_values(&[self.config.name.as_str()])
                     .inc();
-                return Refetch::Suppressed;
+                let retry_in = seconds_up(self.refetch_interval - now.duration_since(at));
+                return Refetch::Suppressed {
+                    last_failed: self.last_load_error(),
+                    retry_in,
+                };
             }
             *last = Some(now);
         }
         tracing::debug!(provider = %self.config.name, kid, "unknown kid; refetching JWKS");
-        let _ = self.fetch_locked().await;
-        drop(guard);
-        Refetch::Done
+        match self.fetch_locked().await {
+            Ok(()) => Refetch::Fetched,
+            Err(e) => Refetch::Failed(e),
+        }
     }
 
     fn algorithms_text(&self) -> String {
@@ -508,15 +813,6 @@ impl Provider {
             .map(|a| a.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    }
-}
-
-fn describe<E: std::error::Error + 'static>(e: &openidconnect::DiscoveryError<E>) -> String {
-    match e {
-        openidconnect::DiscoveryError::Response(status, _, msg) => {
-            format!("HTTP {status}: {msg}")
-        }
-        other => http::error_chain(other),
     }
 }
 
@@ -544,9 +840,11 @@ impl fmt::Debug for Validator {
     }
 }
 
+/// A verified token leaves the cache when it has less than `min_token_validity` left, the
+/// point from which [`Validator::validate`] refuses it.
 struct TokenExpiry {
     clock: SharedClock,
-    leeway: Duration,
+    min_token_validity: Duration,
 }
 
 impl moka::Expiry<u64, Arc<VerifiedToken>> for TokenExpiry {
@@ -556,7 +854,10 @@ impl moka::Expiry<u64, Arc<VerifiedToken>> for TokenExpiry {
         value: &Arc<VerifiedToken>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(clock::saturating_sub(value.expires_at, self.clock.now()) + self.leeway)
+        Some(
+            clock::saturating_sub(value.expires_at, self.clock.now())
+                .saturating_sub(self.min_token_validity),
+        )
     }
 }
 
@@ -564,6 +865,7 @@ impl moka::Expiry<u64, Arc<VerifiedToken>> for TokenExpiry {
 struct Parsed<'a> {
     alg: String,
     kid: Option<String>,
+    typ: Option<String>,
     claims: serde_json::Map<String, Value>,
     signing_input: &'a str,
     signature: Vec<u8>,
@@ -620,6 +922,10 @@ fn parse(raw: &str) -> Result<Parsed<'_>, TokenError> {
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(TokenError::Malformed("\"kid\" is not a string".to_owned())),
     };
+    let typ = match header.get("typ") {
+        Some(Value::String(t)) => Some(t.clone()),
+        _ => None,
+    };
     if header.contains_key("crit") {
         return Err(TokenError::Malformed(
             "critical header parameters (\"crit\") are not supported".to_owned(),
@@ -629,6 +935,7 @@ fn parse(raw: &str) -> Result<Parsed<'_>, TokenError> {
     Ok(Parsed {
         alg,
         kid,
+        typ,
         claims,
         signing_input: &raw[..signing_input_len],
         signature,
@@ -672,6 +979,50 @@ fn time_claim(
     }
 }
 
+/// Refuses access tokens: a Cognito User Pool's (`token_use` other than `id`) and RFC 9068
+/// ones (`typ: at+jwt`). Both would be refused by Cognito, which wants ID tokens.
+fn check_token_use(parsed: &Parsed<'_>) -> Result<(), TokenError> {
+    if let Some(typ) = &parsed.typ {
+        let t = typ.to_ascii_lowercase();
+        if t == "at+jwt" || t == "application/at+jwt" {
+            return Err(TokenError::NotAnIdToken {
+                what: format!("typ {typ:?}"),
+            });
+        }
+    }
+    match parsed.claims.get("token_use") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(u)) if u == "id" => Ok(()),
+        Some(other) => Err(TokenError::NotAnIdToken {
+            what: format!("token_use {other}"),
+        }),
+    }
+}
+
+/// `d` in whole seconds, rounded up, at least one: a `Retry-After` that comes early is no use.
+fn seconds_up(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(Duration::from_secs(1))
+}
+
+/// `Ok` when a token expiring at `exp` has at least `min` left at `now`.
+fn remaining_validity(exp: SystemTime, now: SystemTime, min: Duration) -> Result<(), TokenError> {
+    if now >= exp {
+        return Err(TokenError::Expired {
+            expired_at: exp,
+            ago: clock::saturating_sub(now, exp),
+        });
+    }
+    let left = clock::saturating_sub(exp, now);
+    if left < min {
+        return Err(TokenError::ExpiresSoon {
+            expires_at: exp,
+            left,
+            min,
+        });
+    }
+    Ok(())
+}
+
 fn core_alg(alg: Algorithm) -> CoreJwsSigningAlgorithm {
     match alg {
         Algorithm::Rs256 => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
@@ -711,7 +1062,7 @@ impl Validator {
             .max_capacity(tokens.verified_cache_capacity)
             .expire_after(TokenExpiry {
                 clock: clock.clone(),
-                leeway: tokens.leeway,
+                min_token_validity: tokens.min_token_validity,
             })
             .build();
         Self {
@@ -730,8 +1081,20 @@ impl Validator {
         &self.providers
     }
 
+    /// `Ok` when `token` still has at least `tokens.min_token_validity` left at `now`: the rule
+    /// [`Validator::validate`] applies, for tokens held since (a session's) before they are
+    /// sent to Cognito.
+    pub fn check_remaining(
+        &self,
+        token: &VerifiedToken,
+        now: SystemTime,
+    ) -> Result<(), TokenError> {
+        remaining_validity(token.expires_at, now, self.config.min_token_validity)
+    }
+
     /// Loads every provider's discovery document and keys, concurrently. Failures are logged
-    /// and retried by [`Validator::maintain`]; they do not fail start-up.
+    /// (each naming the document that failed) and retried by [`Validator::maintain`]; they do
+    /// not fail start-up.
     pub async fn load_all(&self) {
         futures_util::future::join_all(self.providers.iter().map(|p| p.load())).await;
     }
@@ -788,19 +1151,16 @@ impl Validator {
             t.raw.expose_str().as_bytes() == raw.as_bytes()
                 && t.generation == t.provider.withdrawals.load(Ordering::Acquire)
         }) {
-            if now < token.expires_at + self.config.leeway {
-                self.metrics.token_cached(&token.provider.config.name);
-                return Ok(token);
-            }
-            self.verified.invalidate(&lookup);
-            let provider = token.provider.config.name.clone();
-            return Err(self.count_failure(
-                Some(&provider),
-                TokenError::Expired {
-                    expired_at: token.expires_at,
-                    ago: clock::saturating_sub(now, token.expires_at),
-                },
-            ));
+            return match self.check_remaining(&token, now) {
+                Ok(()) => {
+                    self.metrics.token_cached(&token.provider.config.name);
+                    Ok(token)
+                }
+                Err(e) => {
+                    self.verified.invalidate(&lookup);
+                    Err(self.count_failure(Some(&token.provider.config.name), e))
+                }
+            };
         }
         let mut provider_name = None;
         let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
@@ -868,14 +1228,10 @@ impl Validator {
             claim,
             problem: "missing".to_owned(),
         };
+        check_token_use(&parsed)?;
         let exp = time_claim(&parsed.claims, "exp")?.ok_or_else(|| missing("exp"))?;
+        remaining_validity(exp, now, self.config.min_token_validity)?;
         let leeway = self.config.leeway;
-        if now >= exp + leeway {
-            return Err(TokenError::Expired {
-                expired_at: exp,
-                ago: clock::saturating_sub(now, exp),
-            });
-        }
         for claim in ["nbf", "iat"] {
             if let Some(t) = time_claim(&parsed.claims, claim)?
                 && t > now + leeway
@@ -983,24 +1339,62 @@ impl Validator {
         parsed: &Parsed<'_>,
         alg: Algorithm,
     ) -> Result<(), TokenError> {
+        let name = &provider.config.name;
+        let Some(kid) = &parsed.kid else {
+            return Err(TokenError::MissingKeyId {
+                provider: name.clone(),
+            });
+        };
         let unavailable = || TokenError::ProviderUnavailable {
-            provider: provider.config.name.clone(),
-            reason: provider
-                .last_error()
-                .unwrap_or_else(|| "keys not loaded yet".to_owned()),
+            provider: name.clone(),
+            reason: format!(
+                "its keys could not be loaded yet ({}); credbroker keeps retrying",
+                provider
+                    .last_error()
+                    .unwrap_or_else(|| "no attempt finished yet".to_owned())
+            ),
+            retry_after: NOT_LOADED_RETRY_AFTER,
         };
         let mut keys = provider.keys.load_full().ok_or_else(unavailable)?;
-        if let Some(kid) = &parsed.kid
-            && !keys.kids.contains(kid)
-        {
+        if !keys.kids.contains(kid) {
             match provider.refetch_for_unknown_kid(kid).await {
-                Refetch::Done => keys = provider.keys.load_full().ok_or_else(unavailable)?,
-                Refetch::Suppressed => {}
+                Refetch::Fetched => keys = provider.keys.load_full().ok_or_else(unavailable)?,
+                Refetch::Failed(e) => {
+                    return Err(TokenError::ProviderUnavailable {
+                        provider: name.clone(),
+                        reason: format!(
+                            "the token's kid {kid:?} is not among the keys credbroker holds, \
+                             and refetching the JWKS failed ({e}), so a newly rotated key \
+                             cannot be told from a bad token; retry in {} s",
+                            seconds_up(provider.refetch_interval).as_secs()
+                        ),
+                        retry_after: seconds_up(provider.refetch_interval),
+                    });
+                }
+                Refetch::Suppressed {
+                    last_failed: Some(e),
+                    retry_in,
+                } => {
+                    return Err(TokenError::ProviderUnavailable {
+                        provider: name.clone(),
+                        reason: format!(
+                            "the token's kid {kid:?} is not among the keys credbroker holds, \
+                             and the last JWKS fetch failed ({e}); the next refetch is allowed \
+                             in {} s (tokens.jwks_refetch_interval)",
+                            retry_in.as_secs()
+                        ),
+                        retry_after: retry_in,
+                    });
+                }
+                // A JWKS fetched successfully within the interval lacks the key.
+                Refetch::Suppressed {
+                    last_failed: None, ..
+                } => {}
             }
             if !keys.kids.contains(kid) {
                 return Err(TokenError::UnknownKeyId {
                     kid: kid.clone(),
-                    provider: provider.config.name.clone(),
+                    provider: name.clone(),
                     refetch_interval: provider.refetch_interval,
                 });
             }
@@ -1008,9 +1402,7 @@ impl Validator {
         let core = core_alg(alg);
         let mut detail = format!("no published key can verify {}", alg.as_str());
         for key in keys.jwks.keys() {
-            if let Some(kid) = &parsed.kid
-                && key.key_id().map(|k| k.as_str()) != Some(kid.as_str())
-            {
+            if key.key_id().map(|k| k.as_str()) != Some(kid.as_str()) {
                 continue;
             }
             match key.verify_signature(&core, parsed.signing_input.as_bytes(), &parsed.signature) {
@@ -1053,11 +1445,12 @@ pub(crate) fn test_token(
         audiences: vec!["client".to_owned()],
         algorithms: vec![Algorithm::Rs256],
         logins_key: crate::config::derive_logins_key(issuer),
+        discovery_url: None,
     };
     let provider = Arc::new(Provider::new(
         config,
         &tokens,
-        http::client(tokens.oidc_timeout),
+        http_client::client(tokens.oidc_timeout),
         Metrics::new(&[]),
     ));
     let raw = format!(
@@ -1097,11 +1490,139 @@ mod tests {
         let validator = Validator::new(
             std::slice::from_ref(&cached.provider.config),
             &tokens,
-            http::client(tokens.oidc_timeout),
+            http_client::client(tokens.oidc_timeout),
             clock::system(),
             Metrics::new(&[]),
         );
         (validator, cached)
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn a_token_needs_min_token_validity_left_and_gets_no_leeway_on_exp() {
+        let min = Duration::from_secs(60);
+        assert!(remaining_validity(at(100), at(40), min).is_ok());
+        let soon = remaining_validity(at(100), at(41), min).expect_err("59 s left");
+        assert_eq!(soon.code(), "TokenExpired");
+        assert_eq!(soon.label(), "expires_soon");
+        assert!(
+            soon.to_string().contains("tokens.min_token_validity"),
+            "{soon}"
+        );
+        let gone = remaining_validity(at(100), at(101), min).expect_err("expired 1 s ago");
+        assert!(matches!(gone, TokenError::Expired { .. }), "{gone:?}");
+        assert_eq!(gone.code(), "TokenExpired");
+        assert!(remaining_validity(at(100), at(100), Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn retry_delays_round_up_to_whole_seconds() {
+        assert_eq!(seconds_up(Duration::from_millis(1)), Duration::from_secs(1));
+        assert_eq!(
+            seconds_up(Duration::from_millis(1500)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(seconds_up(Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(seconds_up(Duration::ZERO), Duration::from_secs(1));
+    }
+
+    fn parsed_with(typ: Option<&str>, claims: serde_json::Value) -> Parsed<'static> {
+        Parsed {
+            alg: "RS256".to_owned(),
+            kid: Some("k".to_owned()),
+            typ: typ.map(str::to_owned),
+            claims: match claims {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
+            signing_input: "",
+            signature: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn access_tokens_are_told_from_id_tokens() {
+        use serde_json::json;
+        for (typ, claims, id_token) in [
+            (Some("JWT"), json!({}), true),
+            (None, json!({ "token_use": "id" }), true),
+            (Some("JWT"), json!({ "token_use": "access" }), false),
+            (Some("at+jwt"), json!({}), false),
+            (Some("application/AT+JWT"), json!({}), false),
+            (None, json!({ "token_use": 1 }), false),
+        ] {
+            let result = check_token_use(&parsed_with(typ, claims.clone()));
+            assert_eq!(result.is_ok(), id_token, "{typ:?} {claims}");
+            if let Err(e) = result {
+                assert_eq!(e.code(), "NotAnIdToken");
+                assert!(e.to_string().contains("send the ID token"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn load_errors_name_the_document_its_url_and_the_problem() {
+        let e = |document, problem, after_discovery| LoadError {
+            provider: "auth0".to_owned(),
+            document,
+            url: "https://x.example/doc".to_owned(),
+            problem,
+            issuer: "https://x.example/".to_owned(),
+            after_discovery,
+        };
+        assert_eq!(
+            e(Document::Jwks, LoadProblem::Status(503), true).to_string(),
+            "the JWKS at https://x.example/doc answered HTTP 503 Service Unavailable (the \
+             discovery document loaded)"
+        );
+        assert_eq!(
+            e(Document::Discovery, LoadProblem::Status(404), false).to_string(),
+            "the discovery document at https://x.example/doc answered HTTP 404 Not Found"
+        );
+        let mismatch = e(
+            Document::Discovery,
+            LoadProblem::IssuerMismatch {
+                found: "https://x.example".to_owned(),
+            },
+            false,
+        )
+        .to_string();
+        assert!(
+            mismatch.contains("names the issuer \"https://x.example\"")
+                && mismatch.contains("providers.auth0.issuer is \"https://x.example/\""),
+            "{mismatch}"
+        );
+        let transport = e(
+            Document::Jwks,
+            LoadProblem::Transport("connection refused".to_owned()),
+            false,
+        );
+        assert_eq!(
+            transport.to_string(),
+            "the JWKS at https://x.example/doc could not be fetched: connection refused"
+        );
+    }
+
+    #[test]
+    fn the_discovery_url_defaults_to_the_well_known_path_of_the_issuer() {
+        let (validator, _) = validator();
+        let provider = &validator.providers()[0];
+        assert_eq!(
+            provider.discovery_url(),
+            "https://issuer.test/.well-known/openid-configuration"
+        );
+        let pool = test_token(
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC",
+            "sub",
+            SystemTime::now(),
+        );
+        assert_eq!(
+            pool.provider.discovery_url(),
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC/.well-known/openid-configuration"
+        );
     }
 
     #[tokio::test]

@@ -16,6 +16,9 @@
 //!   is asked and nothing else proves Cognito answers, at most once per
 //!   `admin.cognito_probe_interval`, and `/readyz` waits for it at most `admin.probe_wait`;
 //!   scrapes ([`Readiness::report`]) never call upstream;
+//! - a provider without keys is reported with the document that failed (its discovery document
+//!   or its JWKS), that document's URL and its HTTP status or transport error
+//!   ([`crate::oidc::LoadError`]), never a generic "discovery failed";
 //! - the report names providers and error classes only: never a token, subject or identity id.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,7 +182,8 @@ pub struct ProviderReport {
     pub name: String,
     /// Whether discovery and JWKS loaded at least once.
     pub keys_loaded: bool,
-    /// The last load error, if the last load failed.
+    /// The last load error, if the last load failed: which document (discovery document or
+    /// JWKS), its URL, and its HTTP status or transport error.
     pub last_error: Option<String>,
 }
 
@@ -209,6 +213,42 @@ pub struct Report {
     pub cognito: CognitoReport,
     /// Whether any cached credentials are servable (they prove Cognito answered recently).
     pub credentials_cached: bool,
+}
+
+/// What one Cognito probe found.
+#[derive(Debug, Clone)]
+pub enum ProbeAnswer {
+    /// Cognito answered: `None` if it accepted the placeholder (it should not), else its
+    /// modelled refusal (NotAuthorized, throttling, …). The endpoint is there and the pool exists.
+    Answered(Option<UpstreamError>),
+    /// Cognito answered that the identity pool does not exist (in the region asked).
+    PoolNotFound(UpstreamError),
+    /// No usable answer: connection failure, 5xx, an unparseable answer.
+    Failing(UpstreamError),
+    /// No answer within this long.
+    TimedOut(Duration),
+}
+
+/// The probe: an unsigned `GetId` for `identity_pool_id` with a placeholder token (not a JWT)
+/// under `logins_key`, bounded by [`PROBE_TIMEOUT`]. Cognito refuses it; the refusal's type
+/// tells a reachable pool from a missing one. Shared by `/readyz` and `credbroker doctor`.
+pub async fn probe_cognito(
+    api: &dyn CognitoApi,
+    identity_pool_id: &str,
+    logins_key: &str,
+) -> ProbeAnswer {
+    let token = SecretString::new(PROBE_TOKEN.to_owned());
+    let login = Login {
+        key: logins_key,
+        token: &token,
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, api.get_id(identity_pool_id, login)).await {
+        Ok(Ok(_)) => ProbeAnswer::Answered(None),
+        Ok(Err(e)) if e.kind == ErrorKind::ResourceNotFound => ProbeAnswer::PoolNotFound(e),
+        Ok(Err(e)) if answered(e.kind) => ProbeAnswer::Answered(Some(e)),
+        Ok(Err(e)) => ProbeAnswer::Failing(e),
+        Err(_) => ProbeAnswer::TimedOut(PROBE_TIMEOUT),
+    }
 }
 
 /// Readiness of one broker.
@@ -380,16 +420,14 @@ impl Readiness {
         let Some(key) = self.probe_logins_key.as_deref() else {
             return;
         };
-        let token = SecretString::new(PROBE_TOKEN.to_owned());
-        let login = Login { key, token: &token };
-        let call = self.api.get_id(&self.identity_pool_id, login);
-        let (outcome, status, detail) = match tokio::time::timeout(PROBE_TIMEOUT, call).await {
-            Ok(Ok(_)) => (
+        let answer = probe_cognito(self.api.as_ref(), &self.identity_pool_id, key).await;
+        let (outcome, status, detail) = match answer {
+            ProbeAnswer::Answered(None) => (
                 "answered",
                 CognitoStatus::Answered,
                 "probe: GetId answered".to_owned(),
             ),
-            Ok(Err(e)) if e.kind == ErrorKind::ResourceNotFound => (
+            ProbeAnswer::PoolNotFound(e) => (
                 e.kind.label(),
                 CognitoStatus::Failing,
                 format!(
@@ -397,20 +435,20 @@ impl Readiness {
                     e.message
                 ),
             ),
-            Ok(Err(e)) if answered(e.kind) => (
+            ProbeAnswer::Answered(Some(e)) => (
                 "answered",
                 CognitoStatus::Answered,
                 format!("probe: Cognito answered {}", e.kind.label()),
             ),
-            Ok(Err(e)) => (
+            ProbeAnswer::Failing(e) => (
                 e.kind.label(),
                 CognitoStatus::Failing,
                 format!("probe: {e}"),
             ),
-            Err(_) => (
+            ProbeAnswer::TimedOut(limit) => (
                 "timeout",
                 CognitoStatus::Failing,
-                format!("probe: no answer within {}s", PROBE_TIMEOUT.as_secs()),
+                format!("probe: no answer within {}s", limit.as_secs()),
             ),
         };
         self.metrics

@@ -17,6 +17,16 @@
 //! - Keys are embedded PEM files parsed once per process, never generated at run time.
 //! - Time comes only from the injected clock. Tokens are never logged.
 //!
+//! - With [`IssuerOptions::flavor`] = [`Flavor::CognitoUserPool`] it presents itself as a
+//!   Cognito User Pool instead: `iss` `https://cognito-idp.<region>.amazonaws.com/<pool id>`
+//!   (no trailing slash) in its discovery document and tokens, ID tokens with `token_use: id`,
+//!   `aud` = the app client id and `cognito:username`, access tokens
+//!   ([`TokenSpec::access_token`]) with `token_use: access` and `client_id` instead of `aud`,
+//!   and an RSA-only JWKS. Its documents are still served from the loopback address, so a
+//!   broker reaches them through a `discovery_url` override.
+//! - Each document can be made to fail on its own ([`OidcIssuer::set_jwks_unavailable`]), and
+//!   the discovery document can advertise another `jwks_uri` ([`IssuerOptions::jwks_uri`]).
+//!
 //! - `POST /oauth/token` (advertised as `token_endpoint`) implements `grant_type=refresh_token`
 //!   with rotation and family revocation on reuse ([`super::grants`]); client authentication by
 //!   client_secret_post or client_secret_basic; ID tokens it returns are for the client and live
@@ -76,6 +86,27 @@ pub struct IssuerOptions {
     /// Whether the token endpoint rotates refresh tokens (reuse then revokes the family).
     /// Default `true`.
     pub rotate_refresh_tokens: bool,
+    /// Which real issuer to look like. Default [`Flavor::Auth0`].
+    pub flavor: Flavor,
+    /// The `jwks_uri` the discovery document advertises instead of the issuer's own (a dead
+    /// port, to test an unreachable JWKS). Default: its own `/.well-known/jwks.json`.
+    pub jwks_uri: Option<String>,
+}
+
+/// Which real issuer an [`OidcIssuer`] looks like.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Flavor {
+    /// Auth0: issuer `http://127.0.0.1:PORT/`, Auth0's claims. The default.
+    #[default]
+    Auth0,
+    /// A Cognito User Pool: issuer `https://cognito-idp.<region>.amazonaws.com/<pool id>`
+    /// (never a trailing slash), User Pool claims. Its documents are served on loopback.
+    CognitoUserPool {
+        /// The pool's region, e.g. `us-east-1`.
+        region: String,
+        /// The pool id, e.g. `us-east-1_AbCdEfGhI`.
+        pool_id: String,
+    },
 }
 
 impl Default for IssuerOptions {
@@ -86,6 +117,8 @@ impl Default for IssuerOptions {
             trailing_slash: true,
             token_lifetime: Duration::from_secs(10 * 3600),
             rotate_refresh_tokens: true,
+            flavor: Flavor::Auth0,
+            jwks_uri: None,
         }
     }
 }
@@ -149,6 +182,10 @@ pub struct TokenSpec {
     pub tamper_payload: bool,
     /// Claims added last: they override the defaults.
     pub extra_claims: Map<String, Value>,
+    /// Mint an access token instead of an ID token: from a User Pool `token_use: access` with
+    /// `client_id` (and no `aud`); otherwise an RFC 9068 one (header `typ: at+jwt`, `client_id`,
+    /// `scope`).
+    pub access_token: bool,
     /// A `nonce` claim, when set.
     pub nonce: Option<String>,
 }
@@ -196,10 +233,12 @@ impl OidcIssuer {
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
         let base_url = format!("http://{addr}");
-        let issuer = if options.trailing_slash {
-            format!("{base_url}/")
-        } else {
-            base_url.clone()
+        let issuer = match &options.flavor {
+            Flavor::CognitoUserPool { region, pool_id } => {
+                format!("https://cognito-idp.{region}.amazonaws.com/{pool_id}")
+            }
+            Flavor::Auth0 if options.trailing_slash => format!("{base_url}/"),
+            Flavor::Auth0 => base_url.clone(),
         };
         let grants = Mutex::new(GrantBook::new(
             &options.audience,
@@ -207,6 +246,8 @@ impl OidcIssuer {
         ));
         let state = Arc::new(IssuerState {
             issuer,
+            user_pool: matches!(options.flavor, Flavor::CognitoUserPool { .. }),
+            jwks_uri_override: options.jwks_uri,
             base_url,
             grants,
             audience: options.audience,
@@ -214,6 +255,7 @@ impl OidcIssuer {
             clock,
             keys: Mutex::new(KeyRing::new()),
             unavailable: AtomicBool::new(false),
+            jwks_unavailable: AtomicBool::new(false),
             discovery_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
         });
@@ -222,7 +264,8 @@ impl OidcIssuer {
     }
 
     /// The issuer identifier: `http://127.0.0.1:PORT/` (no trailing slash when
-    /// [`IssuerOptions::trailing_slash`] is false). Minted tokens carry it as `iss`.
+    /// [`IssuerOptions::trailing_slash`] is false), or the User Pool's
+    /// `https://cognito-idp.<region>.amazonaws.com/<pool id>`. Minted tokens carry it as `iss`.
     pub fn issuer(&self) -> &str {
         &self.state.issuer
     }
@@ -232,18 +275,18 @@ impl OidcIssuer {
         self.state.base_url.clone()
     }
 
-    /// The discovery document's URL.
+    /// The discovery document's URL (always on loopback, whatever the issuer string).
     pub fn discovery_url(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.state.base_url)
     }
 
-    /// The JWKS URL (the discovery document's `jwks_uri`).
+    /// The JWKS URL (the discovery document's `jwks_uri`; [`IssuerOptions::jwks_uri`] when set).
     pub fn jwks_uri(&self) -> String {
         self.state.jwks_uri()
     }
 
     /// The key of this provider in a Cognito `Logins` map: the issuer without its scheme and
-    /// trailing slash, `127.0.0.1:PORT`.
+    /// trailing slash, `127.0.0.1:PORT` (a User Pool's: `cognito-idp.<region>.amazonaws.com/<pool id>`).
     pub fn logins_key(&self) -> String {
         logins_key_of(&self.state.issuer).to_owned()
     }
@@ -346,6 +389,11 @@ impl OidcIssuer {
         self.state.unavailable.store(down, Ordering::Relaxed);
     }
 
+    /// While `down`, only the JWKS answers `503 Service Unavailable` (discovery still works).
+    pub fn set_jwks_unavailable(&self, down: bool) {
+        self.state.jwks_unavailable.store(down, Ordering::Relaxed);
+    }
+
     /// Stops the HTTP server (minting in process keeps working). Idempotent.
     pub fn shutdown(&self) {
         self.server.shutdown();
@@ -376,12 +424,18 @@ pub(crate) fn logins_key_of(iss: &str) -> &str {
 /// Shared state of one issuer: what the HTTP handlers and the handles see.
 pub(crate) struct IssuerState {
     issuer: String,
+    /// Whether it presents itself as a Cognito User Pool ([`Flavor::CognitoUserPool`]).
+    user_pool: bool,
+    /// [`IssuerOptions::jwks_uri`].
+    jwks_uri_override: Option<String>,
     base_url: String,
     audience: String,
     token_lifetime: Duration,
     clock: SharedClock,
     keys: Mutex<KeyRing>,
     unavailable: AtomicBool,
+    /// Only the JWKS is down.
+    jwks_unavailable: AtomicBool,
     discovery_requests: AtomicU64,
     jwks_requests: AtomicU64,
     /// Clients and refresh-token families of the token endpoint.
@@ -446,7 +500,10 @@ impl IssuerState {
     }
 
     fn jwks_uri(&self) -> String {
-        format!("{}/.well-known/jwks.json", self.base_url)
+        match &self.jwks_uri_override {
+            Some(uri) => uri.clone(),
+            None => format!("{}/.well-known/jwks.json", self.base_url),
+        }
     }
 
     /// The public key of a published RSA key, by `kid`.
@@ -475,12 +532,34 @@ impl IssuerState {
                 })
             })
             .collect();
-        keys.push(embedded.ec.jwk.clone());
+        // User Pools publish RSA keys only.
+        if !self.user_pool {
+            keys.push(embedded.ec.jwk.clone());
+        }
         json!({ "keys": keys })
     }
 
     fn discovery_json(&self) -> Value {
         let base = &self.base_url;
+        if self.user_pool {
+            // The shape of a User Pool's `/.well-known/openid-configuration`.
+            return json!({
+                "authorization_endpoint": format!("{base}/oauth2/authorize"),
+                "end_session_endpoint": format!("{base}/logout"),
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "issuer": self.issuer,
+                "jwks_uri": self.jwks_uri(),
+                "response_types_supported": ["code", "token"],
+                "revocation_endpoint": format!("{base}/oauth2/revoke"),
+                "scopes_supported": ["openid", "email", "phone", "profile"],
+                "subject_types_supported": ["public"],
+                "token_endpoint": format!("{base}/oauth/token"),
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_basic", "client_secret_post"
+                ],
+                "userinfo_endpoint": format!("{base}/oauth2/userInfo"),
+            });
+        }
         json!({
             "issuer": self.issuer,
             "authorization_endpoint": format!("{base}/authorize"),
@@ -544,7 +623,13 @@ impl IssuerState {
             [single] if !spec.aud_as_array => Value::from(single.clone()),
             many => Value::from(many.to_vec()),
         };
-        claims.insert("aud".into(), aud);
+        let client_id = audience.first().cloned().unwrap_or_default();
+        if spec.access_token && self.user_pool {
+            // A User Pool access token names its client in `client_id` and has no `aud`.
+            claims.insert("client_id".into(), client_id.clone().into());
+        } else {
+            claims.insert("aud".into(), aud);
+        }
         claims.insert("iat".into(), iat.into());
         if !spec.omit_exp {
             claims.insert("exp".into(), exp.into());
@@ -559,12 +644,33 @@ impl IssuerState {
             claims.insert("nonce".into(), nonce.clone().into());
         }
         let nickname = spec.sub.rsplit('|').next().unwrap_or_default().to_owned();
-        claims.insert("nickname".into(), nickname.clone().into());
-        claims.insert("name".into(), format!("{nickname}@example.com").into());
-        claims.insert("email".into(), format!("{nickname}@example.com").into());
-        claims.insert("email_verified".into(), true.into());
-        claims.insert("updated_at".into(), DEFAULT_UPDATED_AT.into());
-        claims.insert("sid".into(), random_sid().into());
+        if self.user_pool {
+            let token_use = if spec.access_token { "access" } else { "id" };
+            claims.insert("token_use".into(), token_use.into());
+            claims.insert("auth_time".into(), iat.into());
+            claims.insert("jti".into(), random_sid().into());
+            claims.insert("origin_jti".into(), random_sid().into());
+            claims.insert("event_id".into(), random_sid().into());
+            if spec.access_token {
+                claims.insert("scope".into(), "openid email".into());
+                claims.insert("username".into(), nickname.clone().into());
+            } else {
+                claims.insert("cognito:username".into(), nickname.clone().into());
+                claims.insert("email".into(), format!("{nickname}@example.com").into());
+                claims.insert("email_verified".into(), true.into());
+            }
+        } else {
+            if spec.access_token {
+                claims.insert("client_id".into(), client_id.into());
+                claims.insert("scope".into(), "openid profile".into());
+            }
+            claims.insert("nickname".into(), nickname.clone().into());
+            claims.insert("name".into(), format!("{nickname}@example.com").into());
+            claims.insert("email".into(), format!("{nickname}@example.com").into());
+            claims.insert("email_verified".into(), true.into());
+            claims.insert("updated_at".into(), DEFAULT_UPDATED_AT.into());
+            claims.insert("sid".into(), random_sid().into());
+        }
         for (name, value) in &spec.extra_claims {
             claims.insert(name.clone(), value.clone());
         }
@@ -589,7 +695,11 @@ impl IssuerState {
         };
         let header = Header {
             alg: alg.to_owned(),
-            typ: "JWT",
+            typ: if spec.access_token && !self.user_pool {
+                "at+jwt"
+            } else {
+                "JWT"
+            },
             kid: if spec.omit_kid {
                 None
             } else {
@@ -791,7 +901,7 @@ async fn discovery(State(state): State<Arc<IssuerState>>) -> Response {
 
 async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
     state.jwks_requests.fetch_add(1, Ordering::Relaxed);
-    if state.unavailable.load(Ordering::Relaxed) {
+    if state.unavailable.load(Ordering::Relaxed) || state.jwks_unavailable.load(Ordering::Relaxed) {
         return unavailable();
     }
     cached_json(state.jwks_json())
@@ -1343,6 +1453,110 @@ mod tests {
             .expect("stops");
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
         assert!(!issuer.token_for("auth0|abc").is_empty());
+    }
+
+    fn user_pool() -> IssuerOptions {
+        IssuerOptions {
+            audience: "app-client-id".into(),
+            flavor: Flavor::CognitoUserPool {
+                region: "eu-west-1".into(),
+                pool_id: "eu-west-1_AbCdEfGhI".into(),
+            },
+            ..IssuerOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_pool_issuer_presents_the_user_pool_issuer_and_claims() {
+        let (issuer, _) = start(user_pool()).await;
+        let iss = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbCdEfGhI";
+        assert_eq!(issuer.issuer(), iss);
+        assert_eq!(
+            issuer.logins_key(),
+            "cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbCdEfGhI"
+        );
+        // Served on loopback, naming the User Pool issuer.
+        let reply = send(Method::GET, &issuer.discovery_url(), &[], "").await;
+        assert_eq!(reply.status, 200);
+        let metadata: CoreProviderMetadata =
+            serde_json::from_value(reply.json()).expect("parses as CoreProviderMetadata");
+        assert_eq!(metadata.issuer().as_str(), iss);
+        assert_eq!(metadata.jwks_uri().as_str(), issuer.jwks_uri());
+        let jwks = issuer.jwks_json();
+        let kinds: Vec<&Value> = jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| &k["kty"])
+            .collect();
+        assert_eq!(kinds, vec!["RSA"], "User Pools publish RSA keys only");
+
+        let id = segment(&issuer.token_for("4f1c-user"), 1);
+        assert_eq!(id["iss"], iss);
+        assert_eq!(id["token_use"], "id");
+        assert_eq!(id["aud"], "app-client-id");
+        assert_eq!(id["cognito:username"], "4f1c-user");
+        assert_eq!(id["auth_time"], NOW);
+        for absent in ["client_id", "updated_at", "sid", "nickname"] {
+            assert!(id.get(absent).is_none(), "{absent} must be absent: {id}");
+        }
+
+        let access_token = issuer.mint(&TokenSpec {
+            access_token: true,
+            ..TokenSpec::for_subject("4f1c-user")
+        });
+        assert_eq!(segment(&access_token, 0)["typ"], "JWT");
+        let access = segment(&access_token, 1);
+        assert_eq!(access["token_use"], "access");
+        assert_eq!(access["client_id"], "app-client-id");
+        assert!(access.get("aud").is_none(), "{access}");
+        assert_eq!(access["username"], "4f1c-user");
+        assert!(verify_with_jwks(
+            &issuer,
+            &access_token,
+            CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_auth0_access_token_is_an_rfc_9068_one() {
+        let (issuer, _) = start(IssuerOptions::default()).await;
+        let token = issuer.mint(&TokenSpec {
+            access_token: true,
+            ..TokenSpec::for_subject("auth0|abc")
+        });
+        assert_eq!(segment(&token, 0)["typ"], "at+jwt");
+        let claims = segment(&token, 1);
+        assert_eq!(claims["client_id"], DEFAULT_AUDIENCE);
+        assert!(claims.get("token_use").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_jwks_alone_can_fail_and_jwks_uri_can_be_overridden() {
+        let (issuer, _) = start(IssuerOptions::default()).await;
+        issuer.set_jwks_unavailable(true);
+        let discovery = send(Method::GET, &issuer.discovery_url(), &[], "").await;
+        assert_eq!(discovery.status, 200);
+        assert_eq!(
+            send(Method::GET, &issuer.jwks_uri(), &[], "").await.status,
+            503
+        );
+        issuer.set_jwks_unavailable(false);
+        assert_eq!(
+            send(Method::GET, &issuer.jwks_uri(), &[], "").await.status,
+            200
+        );
+
+        let (elsewhere, _) = start(IssuerOptions {
+            jwks_uri: Some("http://127.0.0.1:9/keys".into()),
+            ..IssuerOptions::default()
+        })
+        .await;
+        assert_eq!(elsewhere.jwks_uri(), "http://127.0.0.1:9/keys");
+        assert_eq!(
+            elsewhere.discovery_json()["jwks_uri"],
+            "http://127.0.0.1:9/keys"
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //!   the identity needs a new login; misconfiguration) is surfaced in [`Status`] and logged
 //!   once, and nothing is retried until the source says its input changed;
 //! - the identity stays in the cache while it is configured (touched every half
-//!   `cache.idle_timeout`), so callers are served from cache;
+//!   `cache.idle_timeout`) and is held in use ([`crate::identity::Hold`]) while the driver
+//!   runs, so its credentials are refreshed ahead whether or not anyone asks and callers are
+//!   served from cache;
 //! - tokens are never logged; logs name the identity and the provider.
 //!
 //! Sessions (`POST /v1/sessions`) can plug their own sources into [`SourceDriver`]: a
@@ -39,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError, ErrorReply};
 use crate::clock::{self, SharedClock};
-use crate::identity::{IdentityCache, Issued};
+use crate::identity::{Hold, Identity, IdentityCache, Issued};
 use crate::metrics::Surface;
 use crate::oidc::{Provider, TokenError, Validator, VerifiedToken};
 use crate::secret::SecretString;
@@ -183,6 +185,8 @@ pub struct SourceDriver {
     /// When set, the only user (issuer, subject) whose tokens are accepted (see
     /// [`SourceDriver::for_user`]).
     user: Option<(Arc<str>, Arc<str>)>,
+    /// Keeps the identity in use while the driver runs (dropped with it).
+    hold: std::sync::Mutex<Option<Hold>>,
 }
 
 impl SourceDriver {
@@ -210,6 +214,7 @@ impl SourceDriver {
             keepalive: keepalive.max(Duration::from_secs(1)),
             status: watch::Sender::new(Status::default()),
             user: None,
+            hold: std::sync::Mutex::new(None),
         }
     }
 
@@ -268,18 +273,28 @@ impl SourceDriver {
             s.token = Some(token.clone());
             s.problem = None;
         });
-        if let Err(e) = self
-            .identities
-            .credentials(&token, self.role.as_deref())
-            .await
-        {
+        let entry = self.identities.entry(&token, self.role.as_deref());
+        self.keep(&entry);
+        if let Err(e) = self.identities.credentials_for(&entry, &token).await {
             tracing::debug!(identity = %self.name, error = %e, "warming credentials failed");
         }
         Ok(token)
     }
 
     fn touch(&self, token: &Arc<VerifiedToken>) {
-        let _ = self.identities.entry(token, self.role.as_deref());
+        let entry = self.identities.entry(token, self.role.as_deref());
+        self.keep(&entry);
+    }
+
+    /// Holds `entry` (replacing a hold on an identity that was since evicted or replaced).
+    fn keep(&self, entry: &Arc<Identity>) {
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if hold
+            .as_ref()
+            .is_none_or(|h| !Arc::ptr_eq(h.identity(), entry))
+        {
+            *hold = Some(self.identities.hold(entry));
+        }
     }
 
     fn record_failure(&self, e: &SourceError) {

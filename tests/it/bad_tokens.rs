@@ -91,6 +91,22 @@ async fn every_bad_token_class_has_its_own_code_and_the_broker_keeps_serving() {
             "UnknownKeyId",
         ),
         (
+            "no kid (Cognito picks the key by kid)",
+            h.issuer.mint(&TokenSpec {
+                omit_kid: true,
+                ..spec("auth0|nokid")
+            }),
+            "MissingKeyId",
+        ),
+        (
+            "an access token (RFC 9068, typ at+jwt)",
+            h.issuer.mint(&TokenSpec {
+                access_token: true,
+                ..spec("auth0|access")
+            }),
+            "NotAnIdToken",
+        ),
+        (
             "wrong key",
             h.issuer.mint(&TokenSpec {
                 alg: SigningAlg::Rs256Unpublished,
@@ -193,6 +209,20 @@ async fn every_bad_token_class_has_its_own_code_and_the_broker_keeps_serving() {
         )
         .await;
     assert!(slash.text().contains("trailing slash"), "{}", slash.text());
+    let no_kid = h
+        .get(
+            &cases
+                .iter()
+                .find(|c| c.0.starts_with("no kid"))
+                .expect("case")
+                .1,
+        )
+        .await;
+    assert!(
+        no_kid.text().contains("pick the verification key by kid"),
+        "{}",
+        no_kid.text()
+    );
 
     // Nothing reached Cognito, and good callers are still served.
     assert_eq!(h.get_id_calls(), 0, "bad tokens never reach Cognito");
@@ -235,6 +265,111 @@ async fn a_verified_token_is_not_verified_again() {
     assert!(
         metrics
             .contains("credbroker_token_validations_total{outcome=\"cached\",provider=\"test\"} 4"),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+/// README: "401 TokenExpired when less than `tokens.min_token_validity` (60 s) is left". Such a
+/// token, and one that expired within the clock-skew leeway, never reaches Cognito.
+#[tokio::test]
+async fn tokens_with_less_than_min_token_validity_left_are_refused_locally() {
+    let h = Harness::start().await; // min_token_validity 60 s, leeway 60 s
+    let now = SystemTime::now();
+    let with_left = |sub: &str, secs: u64| {
+        h.issuer.mint(&TokenSpec {
+            lifetime: Some(Duration::from_secs(secs)),
+            ..spec(sub)
+        })
+    };
+    for left in [30, 5, 1] {
+        let reply = h.get(&with_left(&format!("auth0|left-{left}"), left)).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (401, "TokenExpired".to_owned()),
+            "{left} s left: {}",
+            reply.text()
+        );
+    }
+    let thirty = with_left("auth0|left-30", 30);
+    let reply = h.get(&thirty).await;
+    assert!(
+        reply.text().contains("tokens.min_token_validity"),
+        "the message names the setting: {}",
+        reply.text()
+    );
+
+    // Expired a second ago: inside the leeway, which is for nbf/iat clock skew only.
+    let just_expired = h.issuer.mint(&TokenSpec {
+        issued_at: Some(now - Duration::from_secs(3600)),
+        lifetime: Some(Duration::from_secs(3599)),
+        ..spec("auth0|just-expired")
+    });
+    let reply = h.get(&just_expired).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "TokenExpired".to_owned()),
+        "{}",
+        reply.text()
+    );
+
+    // A 30 s token opens no session either.
+    let reply = crate::sessions::post_json(
+        &h,
+        "/v1/sessions",
+        &serde_json::json!({ "id_token": thirty }).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "TokenExpired".to_owned()),
+        "{}",
+        reply.text()
+    );
+
+    assert_eq!(
+        (h.get_id_calls(), h.credential_calls()),
+        (0, 0),
+        "none of them reached Cognito"
+    );
+    // Not everything is refused: two minutes left is enough.
+    let reply = h.get(&with_left("auth0|left-120", 120)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    h.stop().await;
+}
+
+/// The verified-token cache forgets a token once less than `min_token_validity` is left, so a
+/// token accepted once is refused later instead of being served from the cache.
+#[tokio::test]
+async fn the_verified_token_cache_stops_serving_a_token_below_min_token_validity() {
+    let h = Harness::with(Tweaks {
+        tokens: "min_token_validity = \"3s\"".into(),
+        ..Tweaks::default()
+    })
+    .await;
+    let token = h.issuer.mint(&TokenSpec {
+        lifetime: Some(Duration::from_secs(8)),
+        ..spec("auth0|cached-then-too-old")
+    });
+    assert_eq!(h.get(&token).await.status, 200);
+    assert_eq!(
+        h.get(&token).await.status,
+        200,
+        "served from the token cache"
+    );
+    tokio::time::sleep(Duration::from_millis(5500)).await; // at most 2.5 s left now
+    let reply = h.get(&token).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "TokenExpired".to_owned()),
+        "{}",
+        reply.text()
+    );
+    let metrics = h.running().broker.metrics.render();
+    assert!(
+        metrics.contains(
+            "credbroker_token_validations_total{outcome=\"expires_soon\",provider=\"test\"} 1"
+        ),
         "{metrics}"
     );
     h.stop().await;

@@ -264,10 +264,15 @@ async fn two_watchers_of_one_identity_share_one_upstream_refresh() {
 
 #[tokio::test]
 async fn a_watch_ends_with_a_clear_status_when_its_session_expires() {
-    let h = Harness::with(tcp()).await;
+    // A short-lived token is accepted only with less than the default 60 s min_token_validity.
+    let h = Harness::with(Tweaks {
+        tokens: "min_token_validity = \"1s\"".into(),
+        ..tcp()
+    })
+    .await;
     let mut c = client(&h).await;
     let token = h.issuer.mint(&TokenSpec {
-        lifetime: Some(Duration::from_secs(3)),
+        lifetime: Some(Duration::from_secs(4)),
         ..TokenSpec::for_subject("auth0|expiring-watch")
     });
     let ex = c
@@ -878,6 +883,69 @@ async fn watchers_of_a_refresh_token_session_are_fed_until_its_family_is_revoked
         (err.code(), code_of(&err)),
         (Code::Unauthenticated, "ReloginRequired")
     );
+    tokio::time::resume();
+    h.stop().await;
+}
+
+/// A watcher is in use by definition: it is fed every refreshed set although it never asks,
+/// with moto's 90-second credentials (background refresh follows use, and watching is use).
+#[tokio::test]
+async fn a_watcher_of_ninety_second_credentials_is_fed_a_set_every_refresh() {
+    use credbroker::grpc::proto::broker_server::Broker as _;
+    use credbroker::grpc::{BrokerService, Settings};
+
+    let h = Harness::with(Tweaks {
+        in_process_cognito: true,
+        cognito_options: Some(CognitoOptions {
+            credential_lifetime: Duration::from_secs(90),
+            ..CognitoOptions::default()
+        }),
+        tokens: "jwks_refresh_interval = \"7d\"".into(),
+        ..tcp()
+    })
+    .await;
+    let service = BrokerService::new(
+        h.running().broker.clone(),
+        Settings {
+            request_timeout: Duration::from_secs(10),
+            max_watchers: 4,
+            touch_interval: Duration::from_secs(300),
+            min_token_validity: Duration::from_secs(60),
+        },
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let token = h.issuer.mint(&TokenSpec {
+        lifetime: Some(Duration::from_secs(12 * 3600)),
+        ..TokenSpec::for_subject("auth0|moto-watcher")
+    });
+    tokio::time::pause();
+    let mut stream = service
+        .watch_credentials(Request::new(by_token(&token)))
+        .await
+        .expect("watching")
+        .into_inner();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let feeder = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            if tx.send(item).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(20 * 60)).await;
+    let mut sets = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        sets.push(item.expect("credentials"));
+    }
+    // One set at once, then one per refresh (every 45–52.5 s): about 23–27 in 20 minutes.
+    assert!(
+        (20..=30).contains(&sets.len()),
+        "{} sets in 20 minutes",
+        sets.len()
+    );
+    let keys: std::collections::BTreeSet<_> = sets.iter().map(|c| &c.access_key_id).collect();
+    assert_eq!(keys.len(), sets.len(), "each set is new");
+    feeder.abort();
     tokio::time::resume();
     h.stop().await;
 }

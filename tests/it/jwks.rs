@@ -1,6 +1,7 @@
 //! Key rotation works; unknown kids cannot make credbroker hammer the issuer; withdrawn keys
 //! stop counting.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use credbroker::emulator::oidc::TokenSpec;
@@ -87,5 +88,221 @@ async fn an_unreachable_issuer_makes_its_tokens_wait_not_fail_forever() {
         200
     );
     h.issuer.set_unavailable(false);
+    h.stop().await;
+}
+
+async fn readyz(h: &Harness) -> (u16, serde_json::Value) {
+    let reply = h.admin_get("/readyz").await;
+    (reply.status, reply.json())
+}
+
+fn reasons(body: &serde_json::Value) -> String {
+    body["reasons"].to_string()
+}
+
+/// A URL on a loopback port nothing listens on (bound, then released).
+async fn dead_url(path: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}{path}")
+}
+
+#[tokio::test]
+async fn when_only_the_jwks_fails_readyz_and_the_503_name_the_jwks_and_its_status() {
+    let h = Harness::with(Tweaks {
+        setup: Some(Arc::new(|issuer, _| issuer.set_jwks_unavailable(true))),
+        ..Tweaks::default()
+    })
+    .await;
+    let jwks = h.issuer.jwks_uri();
+    let (status, body) = readyz(&h).await;
+    assert_eq!(status, 503, "{body:#}");
+    let why = reasons(&body);
+    assert!(
+        why.contains(&format!(
+            "the JWKS at {jwks} answered HTTP 503 Service Unavailable"
+        )) && why.contains("the discovery document loaded")
+            && !why.contains("discovery failed"),
+        "the reason names the JWKS, its URL and its status: {body:#}"
+    );
+    assert_eq!(h.issuer.stats().discovery_requests, 1, "discovery worked");
+
+    let probes = h.get_id_calls(); // /readyz probed Cognito
+    let reply = h.get(&h.issuer.token_for("auth0|jwks-down")).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.code(), "ProviderUnavailable");
+    let message = reply.json()["Message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains(&format!("the JWKS at {jwks} answered HTTP 503"))
+            && !message.contains("discovery failed"),
+        "{message}"
+    );
+    assert!(reply.headers.contains_key("retry-after"));
+    assert_eq!(h.get_id_calls(), probes, "the token never reached Cognito");
+
+    // Once the JWKS answers, the broker recovers on its own.
+    h.issuer.set_jwks_unavailable(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while readyz(&h).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        h.get(&h.issuer.token_for("auth0|jwks-back")).await.status,
+        200
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_discovery_document_is_named_with_its_status() {
+    let h = Harness::with(Tweaks {
+        setup: Some(Arc::new(|issuer, _| issuer.set_unavailable(true))),
+        ..Tweaks::default()
+    })
+    .await;
+    let (status, body) = readyz(&h).await;
+    assert_eq!(status, 503, "{body:#}");
+    let why = reasons(&body);
+    assert!(
+        why.contains(&format!(
+            "the discovery document at {} answered HTTP 503",
+            h.issuer.discovery_url()
+        )) && !why.contains("JWKS at"),
+        "{body:#}"
+    );
+    assert_eq!(
+        h.issuer.stats().jwks_requests,
+        0,
+        "never got as far as the JWKS"
+    );
+    h.issuer.set_unavailable(false);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_is_named_with_the_transport_error() {
+    let jwks_uri = dead_url("/.well-known/jwks.json").await;
+    let h = Harness::with(Tweaks {
+        issuer_options: Some(credbroker::emulator::oidc::IssuerOptions {
+            jwks_uri: Some(jwks_uri.clone()),
+            ..Default::default()
+        }),
+        ..Tweaks::default()
+    })
+    .await;
+    let (status, body) = readyz(&h).await;
+    assert_eq!(status, 503, "{body:#}");
+    let why = reasons(&body);
+    assert!(
+        why.contains(&format!("the JWKS at {jwks_uri} could not be fetched"))
+            && why.to_lowercase().contains("connect"),
+        "the reason names the JWKS and the transport error: {body:#}"
+    );
+    let reply = h.get(&h.issuer.token_for("auth0|no-jwks")).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (503, "ProviderUnavailable".to_owned())
+    );
+    assert!(
+        reply.text().contains("could not be fetched"),
+        "{}",
+        reply.text()
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_kid_during_a_jwks_outage_is_503_with_retry_after_not_a_bad_token() {
+    // 2 s: room for the second request to land inside the rate limit on a busy machine.
+    let h = Harness::with(Tweaks {
+        tokens: "jwks_refetch_interval = \"2s\"".into(),
+        ..Tweaks::default()
+    })
+    .await;
+    assert_eq!(h.get(&h.issuer.token_for("auth0|before")).await.status, 200);
+    let calls = h.get_id_calls();
+
+    // The issuer rotates while its JWKS is down; the refetch the new kid allows fails.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let new_kid = h.issuer.rotate_keys();
+    h.issuer.set_jwks_unavailable(true);
+    let rotated = h.issuer.token_for("auth0|rotated");
+    let before = h.issuer.stats().jwks_requests;
+    let reply = h.get(&rotated).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.code(), "ProviderUnavailable");
+    let message = reply.json()["Message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains(&new_kid) && message.contains("refetching the JWKS failed"),
+        "{message}"
+    );
+    assert!(message.contains("HTTP 503"), "{message}");
+    assert!(
+        reply.headers.contains_key("retry-after"),
+        "{:?}",
+        reply.headers
+    );
+    assert_eq!(h.issuer.stats().jwks_requests - before, 1, "one refetch");
+
+    // Within the rate limit, after a failed fetch: still 503 (with Retry-After), no new fetch.
+    let reply = h.get(&rotated).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (503, "ProviderUnavailable".to_owned()),
+        "{}",
+        reply.text()
+    );
+    let retry: u64 = reply.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (1..=2).contains(&retry),
+        "retry when the next refetch is allowed: {retry}"
+    );
+    assert!(
+        reply.text().contains("the last JWKS fetch failed"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(h.issuer.stats().jwks_requests - before, 1, "rate-limited");
+    assert_eq!(h.get_id_calls(), calls, "nothing reached Cognito");
+
+    // The JWKS is back: the rotated key is found at the next allowed refetch.
+    h.issuer.set_jwks_unavailable(false);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let reply = h.get(&rotated).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    // A fresh JWKS (fetched just now) that lacks a kid: that is a bad token, 401.
+    let reply = h.get(&with_kid(&h, "auth0|unknown", "no-such-kid")).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "UnknownKeyId".to_owned()),
+        "{}",
+        reply.text()
+    );
+    // And after the interval, with a successful refetch that still lacks it: 401 as well.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let before = h.issuer.stats().jwks_requests;
+    let reply = h
+        .get(&with_kid(&h, "auth0|unknown-2", "no-such-kid-2"))
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "UnknownKeyId".to_owned())
+    );
+    assert_eq!(h.issuer.stats().jwks_requests - before, 1);
     h.stop().await;
 }

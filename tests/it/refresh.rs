@@ -264,3 +264,143 @@ async fn refresh_stops_when_the_token_expires_and_resumes_with_a_callers_new_tok
     );
     assert_eq!(identity.state(), State::Active);
 }
+
+fn moto_like(mut t: Tweaks) -> Tweaks {
+    t.cognito_options = Some(CognitoOptions {
+        credential_lifetime: Duration::from_secs(90),
+        ..CognitoOptions::default()
+    });
+    t
+}
+
+fn on_demand(h: &Harness) -> f64 {
+    metric(
+        &metrics(h),
+        "credbroker_refreshes_total{result=\"ok\",trigger=\"on_demand\"}",
+    )
+}
+
+/// moto's 90-second credentials and the default 2 h `idle_timeout`: an identity asked for once
+/// used to be refreshed every ~45 s until evicted (~70 GetCredentialsForIdentity an hour).
+#[tokio::test]
+async fn an_identity_nobody_asks_for_costs_at_most_one_more_refresh() {
+    let h = paused(moto_like(Tweaks::default())).await;
+    let t = token(&h, "auth0|asked-once", Duration::from_secs(12 * 3600));
+    creds(&h, &t).await.expect("first");
+    assert_eq!(h.credential_calls(), 1);
+
+    tokio::time::sleep(3600 * Duration::from_secs(1)).await;
+    assert_eq!(
+        h.credential_calls(),
+        2,
+        "the set the caller got was refreshed once, its unused successor not again"
+    );
+    assert!(
+        metric(
+            &metrics(&h),
+            "credbroker_refreshes_total{result=\"skipped_unused\",trigger=\"ahead\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        h.running().broker.identities.len(),
+        1,
+        "still cached (not idle yet)"
+    );
+
+    // The caller comes back: the parked set expired long ago, so this one waits once …
+    let c = creds(&h, &t).await.expect("again");
+    assert!(remaining(&h, &c) >= Duration::from_secs(30));
+    assert_eq!((h.credential_calls(), on_demand(&h)), (3, 2.0));
+    // … and while it keeps asking, refresh-ahead is back: it never waits again.
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let c = creds(&h, &t).await.expect("served");
+        assert!(remaining(&h, &c) >= Duration::from_secs(30));
+    }
+    assert_eq!(on_demand(&h), 2.0, "callers never waited");
+    assert!(h.credential_calls() >= 13, "{}", h.credential_calls());
+    assert_eq!(h.get_id_calls(), 1, "the identity stayed cached");
+}
+
+/// A caller that caches its credentials and asks again only shortly before they expire, like
+/// the SDKs (botocore: 15 min before, the Rust SDK: seconds before), always finds the next set
+/// ready: each set it holds was asked for, so its successor is refreshed ahead.
+#[tokio::test]
+async fn an_sdk_that_asks_once_per_set_never_waits_on_cognito() {
+    for (lifetime, ask_before, hours) in [
+        (None, 15 * MIN, 6),                    // 1 h sets, botocore
+        (None, Duration::from_secs(10), 6),     // 1 h sets, the Rust SDK
+        (Some(90), Duration::from_secs(10), 1), // moto, the Rust SDK
+    ] {
+        let mut t = Tweaks::default();
+        if let Some(secs) = lifetime {
+            t.cognito_options = Some(CognitoOptions {
+                credential_lifetime: Duration::from_secs(secs),
+                ..CognitoOptions::default()
+            });
+        }
+        let h = paused(t).await;
+        let t = token(&h, "auth0|sdk", Duration::from_secs(24 * 3600));
+        let end = h.clock.now() + hours * 3600 * Duration::from_secs(1);
+        let mut sets = 0;
+        while h.clock.now() < end {
+            let c = creds(&h, &t).await.expect("served");
+            sets += 1;
+            let wake = c.expires_at - ask_before;
+            tokio::time::sleep(wake.duration_since(h.clock.now()).unwrap_or(MIN)).await;
+        }
+        assert_eq!(
+            on_demand(&h),
+            1.0,
+            "{lifetime:?}/{ask_before:?}: only the first set was waited for ({sets} sets)"
+        );
+        assert!(sets > hours as usize, "{sets}");
+        h.stop().await;
+        // The next harness loads keys over real sockets: time must run while it starts.
+        tokio::time::resume();
+    }
+}
+
+/// Configured identities are in use by definition: their credentials stay fresh with nobody
+/// asking, however short Cognito's lifetime.
+#[tokio::test]
+async fn a_configured_identity_keeps_refreshing_with_nobody_asking() {
+    let h = paused(moto_like(Tweaks {
+        setup: Some(Arc::new(|issuer, dir| {
+            let token = issuer.mint(&TokenSpec {
+                lifetime: Some(Duration::from_secs(24 * 3600)),
+                ..TokenSpec::for_subject("auth0|configured")
+            });
+            credbroker::fsutil::write_atomic(&dir.join("id-token"), token.as_bytes())
+                .expect("token file");
+        })),
+        extra: r#"
+[identities.file]
+provider = "test"
+id_token_file = "{dir}/id-token"
+# Re-read (and touched) only hourly: only the hold keeps it in use meanwhile.
+poll_interval = "1h"
+"#
+        .into(),
+        ..Tweaks::default()
+    }))
+    .await;
+    let start = h.credential_calls();
+    assert!(start >= 1, "warmed at start-up");
+    tokio::time::sleep(20 * MIN).await;
+    let calls = h.credential_calls() - start;
+    // One refresh every 45–52.5 s for 20 minutes.
+    assert!(
+        (20..=30).contains(&calls),
+        "{calls} refreshes in 20 minutes"
+    );
+    let identity = h
+        .running()
+        .broker
+        .identities
+        .identities()
+        .pop()
+        .expect("cached");
+    let current = identity.current().expect("credentials");
+    assert!(current.servable_at(h.clock.now()), "always fresh");
+}

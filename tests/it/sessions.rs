@@ -255,14 +255,19 @@ async fn session_requests_are_checked_and_answered_with_codes() {
 
 #[tokio::test]
 async fn a_session_ends_when_its_id_token_expires() {
-    let h = Harness::start().await;
+    // A short-lived token is accepted only with less than the default 60 s min_token_validity.
+    let h = Harness::with(Tweaks {
+        tokens: "min_token_validity = \"1s\"".into(),
+        ..Tweaks::default()
+    })
+    .await;
     let token = h.issuer.mint(&TokenSpec {
-        lifetime: Some(Duration::from_secs(2)),
+        lifetime: Some(Duration::from_secs(4)),
         ..TokenSpec::for_subject("auth0|short-lived")
     });
     let handle = create_session(&h, &token).await;
     assert_eq!(h.get(&handle).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     let reply = h.get(&handle).await;
     assert_eq!(
         (reply.status, reply.code()),

@@ -31,6 +31,8 @@ pub struct Tweaks {
     pub tokens: String,
     pub cache: String,
     pub cognito: String,
+    /// Extra `[providers.test]` TOML; `{discovery_url}` is replaced with the emulated issuer's
+    /// discovery URL (for issuers whose `iss` is not where they are served, like a User Pool's).
     pub provider: String,
     /// `[grpc]` and `[sessions]` settings.
     pub grpc: String,
@@ -108,7 +110,9 @@ listen = "127.0.0.1:0"
         tokens = t.tokens,
         issuer = issuer.issuer(),
         aud = issuer.audience(),
-        provider = t.provider,
+        provider = t
+            .provider
+            .replace("{discovery_url}", &issuer.discovery_url()),
         region = cognito.region(),
         pool = cognito.identity_pool_id(),
         endpoint = cognito.endpoint_url(),

@@ -222,18 +222,37 @@ async fn answer(state: &AppState, method: &Method, path: &str, headers: &HeaderM
             );
         }
     }
+    match credentials_path(path, &state.role_name) {
+        CredentialsPath::Listing => text(state.role_name.to_string()),
+        CredentialsPath::Role => credentials(state).await,
+        CredentialsPath::OtherRole => client_error(404, "NotFound", "no such role"),
+        CredentialsPath::Other => client_error(404, "NotFound", "not found"),
+    }
+}
+
+/// What a GET path names. Paths match exactly, segment by segment (no slicing by index).
+#[derive(Debug, PartialEq, Eq)]
+enum CredentialsPath {
+    /// `…/security-credentials` or `…/security-credentials/`.
+    Listing,
+    /// `…/security-credentials/<role_name>`.
+    Role,
+    /// `…/security-credentials/<another name>`.
+    OtherRole,
+    /// Anything else, including `…/security-credentialsX`.
+    Other,
+}
+
+fn credentials_path(path: &str, role_name: &str) -> CredentialsPath {
     let Some(rest) = path.strip_prefix(CREDENTIALS_PREFIX) else {
-        return client_error(404, "NotFound", "not found");
+        return CredentialsPath::Other;
     };
-    match rest {
-        "" | "/" => text(state.role_name.to_string()),
-        role => {
-            let role = &role[1..];
-            if role != &*state.role_name {
-                return client_error(404, "NotFound", "no such role");
-            }
-            credentials(state).await
-        }
+    match rest.strip_prefix('/') {
+        None if rest.is_empty() => CredentialsPath::Listing,
+        None => CredentialsPath::Other,
+        Some("") => CredentialsPath::Listing,
+        Some(role) if role == role_name => CredentialsPath::Role,
+        Some(_) => CredentialsPath::OtherRole,
     }
 }
 
@@ -349,6 +368,22 @@ mod tests {
                 .any(|k| k.as_slice() == c.as_bytes() || k.as_slice() == d.as_bytes()),
             "only digests are stored"
         );
+    }
+
+    #[test]
+    fn credentials_paths_match_exactly() {
+        use CredentialsPath::*;
+        let p = |s: &str| credentials_path(s, "app-role");
+        assert_eq!(p(CREDENTIALS_PREFIX), Listing);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/")), Listing);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/app-role")), Role);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/other")), OtherRole);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/app-role/")), OtherRole);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}Xapp-role")), Other);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}app-role")), Other);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}\u{e9}")), Other);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/\u{e9}")), OtherRole);
+        assert_eq!(p("/latest/meta-data/"), Other);
     }
 
     #[tokio::test]

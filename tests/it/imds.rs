@@ -332,3 +332,63 @@ async fn imds_serves_at_least_its_min_remaining_by_refreshing_early() {
     assert_eq!(h.credential_calls(), 2);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn credential_paths_match_exactly_and_non_ascii_bytes_are_a_plain_404() {
+    let h = start().await;
+    let token = h.imds_token("60").await;
+    let addr = h.running().imds_addr.expect("imds");
+    let auth = [("x-aws-ec2-metadata-token", token.as_str())];
+    let prefix = LISTING.trim_end_matches('/');
+    // Raw bytes on the wire: a UTF-8 `é`, a lone continuation byte, a multi-byte character
+    // right after the slash.
+    let paths: [Vec<u8>; 6] = [
+        [prefix.as_bytes(), "é".as_bytes()].concat(),
+        [prefix.as_bytes(), b"\xc3"].concat(),
+        [prefix.as_bytes(), "/é".as_bytes()].concat(),
+        [
+            prefix.as_bytes(),
+            "/".as_bytes(),
+            ROLE.as_bytes(),
+            "é".as_bytes(),
+        ]
+        .concat(),
+        format!("{prefix}X{ROLE}").into_bytes(),
+        format!("{prefix}{ROLE}").into_bytes(),
+    ];
+    for path in paths {
+        let mut conn = crate::support::RawConn::connect(addr).await;
+        let mut request = b"GET ".to_vec();
+        request.extend_from_slice(&path);
+        request.extend_from_slice(
+            format!(
+                " HTTP/1.1\r\nhost: {addr}\r\n{}: {}\r\n\r\n",
+                auth[0].0, auth[0].1
+            )
+            .as_bytes(),
+        );
+        conn.send(&request).await;
+        let shown = String::from_utf8_lossy(&path).into_owned();
+        let reply = conn
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("{shown}: connection dropped without an answer"));
+        assert!(
+            reply.status == 404 || reply.status == 400,
+            "{shown}: {} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert!(
+            !String::from_utf8_lossy(&reply.body).contains("SecretAccessKey"),
+            "{shown}"
+        );
+        if reply.status == 404 {
+            assert_eq!(reply.code(), "NotFound", "{shown}");
+        }
+    }
+    // The exact paths still work.
+    let r = h.imds("GET", &format!("{LISTING}{ROLE}"), &auth).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    h.stop().await;
+}

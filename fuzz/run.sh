@@ -8,9 +8,10 @@
 #   fuzz/run.sh -n 5000 graphql      5,000 runs of graphql only
 #   FUZZ_SECONDS=600 fuzz/run.sh id_token http_routes
 #
-# Environment: FUZZ_SECONDS / FUZZ_RUNS (as -t / -n), FUZZ_SANITIZER (none | address; default
-# none: the code is safe Rust, and without ASan it runs ~2x faster), FUZZ_CODEGEN_UNITS
-# (default 16: a quicker build; 1 runs a little faster), FUZZ_ARGS (extra libFuzzer flags).
+# Environment: FUZZ_SECONDS / FUZZ_RUNS (as -t / -n); FUZZ_PROFILE (release, the default: an
+# optimized build for long runs; dev: the quicker build the CI smoke uses); FUZZ_SANITIZER
+# (address, cargo-fuzz's default, or none: about twice as fast, and credbroker itself is safe
+# Rust); FUZZ_CODEGEN_UNITS (cargo-fuzz's default unless set); FUZZ_ARGS (extra libFuzzer flags).
 # New inputs go to fuzz/corpus-work/<target>/ (not committed); fuzz/corpus/<target>/ holds the
 # committed seeds and is only read.
 set -euo pipefail
@@ -40,20 +41,29 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-sanitizer="${FUZZ_SANITIZER:-none}"
+build=(--sanitizer "${FUZZ_SANITIZER:-address}")
+profile="${FUZZ_PROFILE:-release}"
+case "$profile" in
+    release) ;;
+    dev) build+=(--dev) ;;
+    *) echo "fuzz/run.sh: FUZZ_PROFILE is release or dev" >&2; exit 2 ;;
+esac
+if [[ -n "${FUZZ_CODEGEN_UNITS:-}" ]]; then build+=(--codegen-units "$FUZZ_CODEGEN_UNITS"); fi
+if [[ ${#targets[@]} -eq 1 ]]; then build+=("${targets[0]}"); fi
 build_started=$(date +%s)
 # cargo-fuzz has no --locked; a changed lock file is caught below.
-build_one=()
-if [[ ${#targets[@]} -eq 1 ]]; then build_one=("${targets[0]}"); fi
-cargo +nightly fuzz build --sanitizer "$sanitizer" \
-    --codegen-units "${FUZZ_CODEGEN_UNITS:-16}" "${build_one[@]}"
+cargo +nightly fuzz build "${build[@]}"
 if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet -- Cargo.lock; then
     echo "fuzz/run.sh: fuzz/Cargo.lock changed during the build; commit it" >&2
     exit 4
 fi
 echo "build: $(( $(date +%s) - build_started )) s"
 
-bin_dir="target/x86_64-unknown-linux-gnu/release"
+if [[ "$profile" == dev ]]; then
+    bin_dir="target/x86_64-unknown-linux-gnu/debug"
+else
+    bin_dir="target/x86_64-unknown-linux-gnu/release"
+fi
 limit=()
 if [[ -n "$runs" ]]; then limit+=("-runs=$runs"); fi
 if [[ -n "$seconds" ]]; then limit+=("-max_total_time=$seconds"); fi

@@ -11,7 +11,8 @@
 # Environment: FUZZ_SECONDS / FUZZ_RUNS (as -t / -n); FUZZ_PROFILE (release, the default: an
 # optimized build for long runs; dev: the quicker build the CI smoke uses); FUZZ_SANITIZER
 # (address, cargo-fuzz's default, or none: about twice as fast, and credbroker itself is safe
-# Rust); FUZZ_CODEGEN_UNITS (cargo-fuzz's default unless set); FUZZ_ARGS (extra libFuzzer flags).
+# Rust); FUZZ_CODEGEN_UNITS (cargo-fuzz's default unless set); FUZZ_ARGS (extra libFuzzer flags);
+# CARGO_TARGET_DIR (absolute) to keep the instrumented build elsewhere (CI keeps it in a cache).
 # New inputs go to fuzz/corpus-work/<target>/ (not committed); fuzz/corpus/<target>/ holds the
 # committed seeds and is only read.
 set -euo pipefail
@@ -59,11 +60,7 @@ if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet -- Cargo.lock; 
 fi
 echo "build: $(( $(date +%s) - build_started )) s"
 
-if [[ "$profile" == dev ]]; then
-    bin_dir="target/x86_64-unknown-linux-gnu/debug"
-else
-    bin_dir="target/x86_64-unknown-linux-gnu/release"
-fi
+bin_dir="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/$([[ "$profile" == dev ]] && echo debug || echo release)"
 limit=()
 if [[ -n "$runs" ]]; then limit+=("-runs=$runs"); fi
 if [[ -n "$seconds" ]]; then limit+=("-max_total_time=$seconds"); fi

@@ -207,10 +207,20 @@ impl SdkCognito {
     /// Builds the SDK client from configuration. No credentials provider is configured: both
     /// operations are unauthenticated.
     pub fn new(config: &CognitoConfig) -> Self {
+        Self::with_http_client(config, crate::http::sdk_client())
+    }
+
+    /// [`SdkCognito::new`] over another HTTP client: the fuzz target `cognito_answers` feeds
+    /// Cognito's answers (status, headers, body) through the SDK's parsing and this module's
+    /// classification with it.
+    pub fn with_http_client(
+        config: &CognitoConfig,
+        http_client: aws_smithy_runtime_api::client::http::SharedHttpClient,
+    ) -> Self {
         let mut builder = aws_sdk_cognitoidentity::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
-            .http_client(crate::http::sdk_client())
+            .http_client(http_client)
             .sleep_impl(aws_smithy_async::rt::sleep::TokioSleep::new())
             .retry_config(RetryConfig::disabled())
             .timeout_config(

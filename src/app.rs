@@ -30,7 +30,7 @@ use crate::identity::IdentityCache;
 use crate::metrics::Metrics;
 use crate::oidc::Validator;
 use crate::readiness::{CognitoWatch, Readiness, Watched};
-use crate::server::{self, Limits, admin, container, imds};
+use crate::server::{self, HostPolicy, Limits, ListenerOptions, admin, container, imds};
 use crate::sources::file::TokenFileSource;
 use crate::sources::refresh::{FileStore, HttpTokenEndpoint, RefreshTokenSource, TokenEndpoint};
 use crate::sources::{IdentitySource, SourceDriver};
@@ -213,7 +213,16 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
                 broker.clone(),
                 config.server.request_timeout,
             )),
-        Limits::from_config(&config.server),
+        ListenerOptions {
+            name: "main",
+            limits: Limits::from_config(&config.server),
+            hosts: Some(Arc::new(HostPolicy::new(
+                &config.server.allowed_hosts,
+                container_addr,
+                "server.allowed_hosts",
+            ))),
+            metrics: Some(broker.metrics.clone()),
+        },
         shutdown.clone(),
     ));
     let grpc = match crate::grpc::start(&config, broker.clone(), shutdown.clone(), &listeners).await
@@ -237,7 +246,13 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         admin_tasks.spawn(server::serve(
             listener,
             admin::router(broker.clone(), readiness.clone()),
-            Limits::from_config(&config.server),
+            ListenerOptions {
+                name: "admin",
+                limits: Limits::from_config(&config.server),
+                // Kubelet probes and Prometheus send the pod IP; it serves no credentials.
+                hosts: None,
+                metrics: Some(broker.metrics.clone()),
+            },
             admin_shutdown.clone(),
         ));
         tracing::info!(
@@ -314,7 +329,8 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         && let Some(listener) = imds_listener
     {
         let addr = imds_config.listen;
-        imds_addr = Some(listener.local_addr().unwrap_or(addr));
+        let bound = listener.local_addr().unwrap_or(addr);
+        imds_addr = Some(bound);
         let hops = imds_config.hop_limit;
         listeners.spawn(server::serve_with(
             listener,
@@ -324,7 +340,16 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
                 imds_config,
                 config.server.request_timeout,
             ),
-            Limits::from_config(&config.server),
+            ListenerOptions {
+                name: "imds",
+                limits: Limits::from_config(&config.server),
+                hosts: Some(Arc::new(HostPolicy::new(
+                    &imds_config.allowed_hosts,
+                    bound,
+                    "imds.allowed_hosts",
+                ))),
+                metrics: Some(broker.metrics.clone()),
+            },
             shutdown.clone(),
             move |stream| {
                 if let Err(e) = imds::apply_hop_limit(stream, hops) {
@@ -333,7 +358,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
             },
         ));
         tracing::info!(
-            listen = %imds_addr.unwrap_or(addr),
+            listen = %bound,
             identity = %imds_config.identity,
             role_name = %imds_config.role_name,
             "IMDSv2-compatible endpoint is serving"

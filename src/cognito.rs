@@ -13,7 +13,8 @@
 //!   alone; TooManyRequests, InternalError, ExternalService, timeouts and network failures are
 //!   retried up to `cognito.max_attempts` with exponential backoff and full jitter; everything
 //!   else is terminal and returned at once;
-//! - every attempt is counted (`credbroker_cognito_calls_total`) and timed.
+//! - every attempt is counted (`credbroker_cognito_calls_total`) and timed, and given up after
+//!   `cognito.attempt_timeout` (classified as a timeout and retried).
 //!
 //! The SDK's own retries are disabled so that classification, backoff and metrics live here.
 
@@ -206,10 +207,20 @@ impl SdkCognito {
     /// Builds the SDK client from configuration. No credentials provider is configured: both
     /// operations are unauthenticated.
     pub fn new(config: &CognitoConfig) -> Self {
+        Self::with_http_client(config, crate::http::sdk_client())
+    }
+
+    /// [`SdkCognito::new`] over another HTTP client: the fuzz target `cognito_answers` feeds
+    /// Cognito's answers (status, headers, body) through the SDK's parsing and this module's
+    /// classification with it.
+    pub fn with_http_client(
+        config: &CognitoConfig,
+        http_client: aws_smithy_runtime_api::client::http::SharedHttpClient,
+    ) -> Self {
         let mut builder = aws_sdk_cognitoidentity::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
-            .http_client(crate::http::sdk_client())
+            .http_client(http_client)
             .sleep_impl(aws_smithy_async::rt::sleep::TokioSleep::new())
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -335,6 +346,8 @@ impl CognitoApi for SdkCognito {
 pub struct RetryPolicy {
     /// Attempts per call (1 = no retry).
     pub max_attempts: u32,
+    /// Longest wait for one attempt's answer (`cognito.attempt_timeout`).
+    pub attempt_timeout: Duration,
     /// First backoff, doubled per attempt.
     pub base: Duration,
     /// Largest backoff.
@@ -346,6 +359,7 @@ impl RetryPolicy {
     pub fn from_config(c: &CognitoConfig) -> Self {
         Self {
             max_attempts: c.max_attempts,
+            attempt_timeout: c.attempt_timeout,
             base: c.backoff_base,
             max: c.backoff_max,
         }
@@ -435,7 +449,17 @@ impl Exchanger {
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            let result = call().await;
+            // The SDK client enforces the same timeout; enforcing it here too makes it hold for
+            // every CognitoApi (the in-process emulator of paused-time tests included).
+            let result = tokio::time::timeout(self.policy.attempt_timeout, call())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(UpstreamError {
+                        kind: ErrorKind::Timeout,
+                        message: "no answer in time".to_owned(),
+                        operation: op,
+                    })
+                });
             latency.observe(started.elapsed().as_secs_f64());
             let outcome = match &result {
                 Ok(_) => "ok",
@@ -509,10 +533,68 @@ mod tests {
         }
     }
 
+    /// A Cognito that never answers.
+    struct Silent;
+
+    impl CognitoApi for Silent {
+        fn get_id<'a>(
+            &'a self,
+            _identity_pool_id: &'a str,
+            _login: Login<'a>,
+        ) -> BoxFuture<'a, Result<String, UpstreamError>> {
+            Box::pin(std::future::pending())
+        }
+
+        fn get_credentials<'a>(
+            &'a self,
+            _identity_id: &'a str,
+            _login: Login<'a>,
+            _custom_role_arn: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<RawCredentials, UpstreamError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_without_an_answer_times_out_and_is_retried() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            attempt_timeout: Duration::from_secs(3),
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(200),
+        };
+        let metrics = Metrics::new(&[]);
+        let exchanger = Exchanger::new(Arc::new(Silent), "us-east-1:x", policy, metrics.clone());
+        let token = SecretString::new("t".to_owned());
+        let started = tokio::time::Instant::now();
+        let err = exchanger
+            .get_id(Login {
+                key: "issuer",
+                token: &token,
+            })
+            .await
+            .expect_err("never answered");
+        assert_eq!(err.kind, ErrorKind::Timeout);
+        // Three attempts of 3 s plus at most 100 + 200 ms of backoff, in paused time.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(9) && waited <= Duration::from_millis(9300),
+            "{waited:?}"
+        );
+        assert!(
+            metrics.render().contains(
+                "credbroker_cognito_calls_total{operation=\"GetId\",outcome=\"timeout\"} 3"
+            ),
+            "{}",
+            metrics.render()
+        );
+    }
+
     #[test]
     fn backoff_is_bounded_exponential_with_jitter() {
         let policy = RetryPolicy {
             max_attempts: 5,
+            attempt_timeout: Duration::from_secs(3),
             base: Duration::from_millis(100),
             max: Duration::from_millis(350),
         };

@@ -125,6 +125,9 @@ pub struct ServerConfig {
     pub max_pending_exchanges: usize,
     /// On SIGTERM, how long in-flight requests may take to finish before credbroker exits.
     pub shutdown_grace: Duration,
+    /// `Host` names (besides loopback IPs, `localhost` and the listen address) the main
+    /// listener answers to (DNS-rebinding guard).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// How ID tokens are validated.
@@ -666,8 +669,44 @@ fn build_server(s: &Section<'_>) -> Option<ServerConfig> {
             Duration::ZERO,
             Duration::from_secs(3600),
         ),
+        allowed_hosts: allowed_hosts(s),
     };
     Some(config)
+}
+
+/// `allowed_hosts`: host names or IP literals, without scheme, port or wildcard.
+fn allowed_hosts(s: &Section<'_>) -> Vec<String> {
+    let names = s.str_list("allowed_hosts").unwrap_or_default();
+    for name in &names {
+        if !is_host_name(name) {
+            s.error(
+                "allowed_hosts",
+                format!(
+                    "{name:?} is not a host name or IP address (letters, digits, '-' and '.', \
+                     no scheme, port or wildcard)"
+                ),
+            );
+        }
+    }
+    names
+}
+
+/// A DNS name (labels of 1-63 letters, digits and inner hyphens, at most 253 characters,
+/// optional trailing dot) or an IP literal.
+fn is_host_name(name: &str) -> bool {
+    if name.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn build_tokens(s: &Section<'_>) -> Option<TokenConfig> {
@@ -1383,6 +1422,8 @@ pub struct ImdsConfig {
     /// Credentials with less than this left are refreshed before serving when possible
     /// (botocore's IMDS provider keeps using credentials with under 15–25 min left).
     pub min_remaining: Duration,
+    /// `Host` names (besides loopback IPs, `localhost` and the listen address) it answers to.
+    pub allowed_hosts: Vec<String>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -1607,6 +1648,7 @@ fn build_imds(
         Duration::ZERO,
         Duration::from_secs(55 * 60),
     );
+    let allowed_hosts = allowed_hosts(&s);
     s.finish();
     Some(Some(ImdsConfig {
         listen: listen?,
@@ -1617,6 +1659,7 @@ fn build_imds(
         hop_limit: u32::try_from(hop_limit).ok()?,
         max_session_tokens: usize::try_from(max_session_tokens).ok()?,
         min_remaining,
+        allowed_hosts,
     }))
 }
 
@@ -2508,6 +2551,40 @@ mod tests {
             assert!(
                 joined.contains(expected),
                 "missing {expected:?} in:\n{joined}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_or_ip_literals() {
+        let text = format!(
+            "[server]\nallowed_hosts = [\"creds.internal\", \"Metadata.Example.\", \"10.0.0.5\", \"::1\"]\n\
+             {MINIMAL}\n[identities.a]\nprovider = \"auth0\"\nid_token_file = \"/x\"\n\
+             [imds]\nidentity = \"a\"\nallowed_hosts = \"imds.internal, 169.254.169.254\"\n"
+        );
+        let c = Config::from_toml(&text).expect("valid");
+        assert_eq!(
+            c.server.allowed_hosts,
+            ["creds.internal", "Metadata.Example.", "10.0.0.5", "::1"]
+        );
+        let imds = c.imds.expect("imds");
+        assert_eq!(imds.allowed_hosts, ["imds.internal", "169.254.169.254"]);
+        assert!(
+            Config::from_toml(MINIMAL)
+                .expect("valid")
+                .server
+                .allowed_hosts
+                .is_empty()
+        );
+
+        let text = format!(
+            "[server]\nallowed_hosts = [\"http://x\", \"x:80\", \"*.example\", \"\", \"-bad.example\", \"a b\"]\n{MINIMAL}"
+        );
+        let joined = errors_of(&Sources::from_toml(text)).join("\n");
+        for bad in ["http://x", "x:80", "*.example", "-bad.example", "a b"] {
+            assert!(
+                joined.contains(&format!("server.allowed_hosts: {bad:?} is not a host name")),
+                "{bad}: {joined}"
             );
         }
     }

@@ -18,6 +18,8 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before anything can panic: a panic message may quote request data (see telemetry).
+    telemetry::install_panic_hook();
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
     let rust_log = std::env::var("RUST_LOG").ok();

@@ -49,6 +49,9 @@ impl Surface {
     }
 }
 
+/// The `listener` label values of the HTTP listeners.
+pub const LISTENERS: [&str; 3] = ["main", "imds", "admin"];
+
 /// The registry and every metric in it.
 #[derive(Clone)]
 pub struct Metrics {
@@ -111,6 +114,13 @@ pub struct Inner {
     pub cognito_probes: IntCounterVec,
     /// `credbroker_build_info{version}`: always 1.
     pub build_info: IntGaugeVec,
+    /// `credbroker_http_connections{listener}`: open HTTP connections.
+    pub http_connections: IntGaugeVec,
+    /// `credbroker_http_connections_shed_total{listener}`: connections closed to free a slot
+    /// (they had not sent a complete request).
+    pub http_connections_shed: IntCounterVec,
+    /// `credbroker_http_host_refusals_total{listener}`: requests refused for their `Host`.
+    pub http_host_refusals: IntCounterVec,
     /// Pre-resolved hot-path handles.
     pub hot: HotPath,
 }
@@ -257,7 +267,27 @@ impl Metrics {
             "1 when Cognito's last answer to a call or probe shows the endpoint answers, else 0.",
         );
 
+        let http_connections = int_gauge_vec(
+            "http_connections",
+            "Open HTTP connections, by listener (main, imds, admin).",
+            &["listener"],
+        );
+
         let inner = Inner {
+            http_connections,
+            http_connections_shed: counter_vec(
+                r,
+                "http_connections_shed_total",
+                "HTTP connections closed to free a slot for a new one while every slot was \
+                 taken; only connections without a complete request are shed.",
+                &["listener"],
+            ),
+            http_host_refusals: counter_vec(
+                r,
+                "http_host_refusals_total",
+                "Requests refused with 403 HostNotAllowed (DNS-rebinding guard), by listener.",
+                &["listener"],
+            ),
             ready,
             provider_keys_loaded,
             cognito_reachable,
@@ -439,6 +469,13 @@ impl Inner {
             .with_label_values(&[Surface::Container.as_str()]);
         for outcome in ["answered", "unavailable", "timeout"] {
             self.cognito_probes.with_label_values(&[outcome]);
+        }
+        for listener in LISTENERS {
+            self.http_connections.with_label_values(&[listener]);
+            self.http_connections_shed.with_label_values(&[listener]);
+        }
+        for listener in ["main", "imds"] {
+            self.http_host_refusals.with_label_values(&[listener]);
         }
     }
 }

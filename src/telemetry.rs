@@ -10,6 +10,14 @@
 //! its model does not mark sensitive; sigv4 prints canonical requests; hyper/h2 print frames)
 //! are capped at `info` whatever the filter says, unless `log.unsafe_dependency_logs = true`.
 //! A test runs the binary with `RUST_LOG=trace` and greps its output for secrets.
+//!
+//! Panics: [`install_panic_hook`] (the first thing the binary does) replaces Rust's default
+//! hook, which prints the panic message — and a message built with `format!` can quote request
+//! data (a slicing panic quotes the string it sliced). The hook reports where the panic
+//! happened and on which thread; of the message it keeps only a `panic!("literal")` (text from
+//! credbroker's source), never a formatted one, of which it gives the length.
+
+use std::any::Any;
 
 use tracing_subscriber::EnvFilter;
 
@@ -63,9 +71,82 @@ pub fn init(log: &LogConfig, rust_log: Option<&str>) -> Result<(), String> {
     result.map_err(|e| format!("cannot install the log subscriber: {e}"))
 }
 
+/// Replaces the default panic hook with one that never prints a formatted panic message (see
+/// the module docs). Reports go to the log when a subscriber is installed, else to stderr.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| (l.file(), l.line(), l.column()));
+        let thread = std::thread::current();
+        let report = panic_report(location, thread.name(), info.payload());
+        if tracing::dispatcher::has_been_set() {
+            tracing::error!(target: "credbroker::panic", "{report}");
+        } else {
+            eprintln!("credbroker: {report}");
+        }
+    }));
+}
+
+/// The panic report: location, thread, and the message only when it is a string literal.
+pub fn panic_report(
+    location: Option<(&str, u32, u32)>,
+    thread: Option<&str>,
+    payload: &(dyn Any + Send),
+) -> String {
+    let at = match location {
+        Some((file, line, column)) => format!("{file}:{line}:{column}"),
+        None => "an unknown location".to_owned(),
+    };
+    let thread = thread.unwrap_or("unnamed");
+    // A `&'static str` payload is a `panic!("literal")`: text from the source, not data.
+    let message = if let Some(literal) = payload.downcast_ref::<&'static str>() {
+        format!("{literal:?}")
+    } else if let Some(formatted) = payload.downcast_ref::<String>() {
+        format!(
+            "message withheld ({} bytes: a formatted panic message can quote request data)",
+            formatted.len()
+        )
+    } else {
+        "message withheld (not a string)".to_owned()
+    };
+    format!("internal error: panicked at {at} on thread {thread}: {message}; please report it")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn panic_reports_keep_the_location_and_drop_formatted_messages() {
+        let secret = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.c2ln";
+        let formatted: Box<dyn Any + Send> = Box::new(format!(
+            "byte index 1 is not a char boundary; it is inside 'é' of `{secret}`"
+        ));
+        let report = panic_report(
+            Some(("src/server/imds.rs", 231, 29)),
+            Some("tokio-runtime-worker"),
+            formatted.as_ref(),
+        );
+        assert!(!report.contains(secret), "{report}");
+        assert!(!report.contains("char boundary"), "{report}");
+        assert!(report.contains("src/server/imds.rs:231:29"), "{report}");
+        assert!(report.contains("tokio-runtime-worker"), "{report}");
+        assert!(report.contains("bytes"), "{report}");
+
+        let literal: Box<dyn Any + Send> = Box::new("the scheduler lost its entry");
+        let report = panic_report(None, None, literal.as_ref());
+        assert!(
+            report.contains("\"the scheduler lost its entry\""),
+            "{report}"
+        );
+        assert!(report.contains("unknown location"), "{report}");
+
+        let other: Box<dyn Any + Send> = Box::new(42_u32);
+        let report = panic_report(None, Some("main"), other.as_ref());
+        assert!(
+            report.contains("not a string") && !report.contains("42"),
+            "{report}"
+        );
+    }
 
     fn log(unsafe_dependency_logs: bool) -> LogConfig {
         LogConfig {

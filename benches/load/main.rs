@@ -12,6 +12,9 @@
 //! | 6 | AppSync forwarding   | sequential `POST /appsync/graphql` through the broker vs to the emulated AppSync directly |
 //! | 7 | cold start           | exec of `credbroker run` to its first 200, vs exec of `true`          |
 //!
+//! `cargo bench --bench load -- soak` (`bash bench/soak.sh`) runs the soak instead: an hour of
+//! steady load over 1,000 users with Cognito faults injected; see [`soak`].
+//!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does nothing. Environment:
 //! `CB_BENCH_QUICK=1` shrinks every phase (a smoke run), `CB_BENCH_SECONDS` sets the length of
 //! one wrk round, `CB_BENCH_CALLGRIND=0` skips the callgrind profile, `CB_BENCH_OUT` is where
@@ -19,6 +22,7 @@
 
 mod children;
 mod report;
+mod soak;
 mod system;
 mod util;
 
@@ -31,6 +35,14 @@ fn main() -> ExitCode {
     }
     if !args.iter().any(|a| a == "--bench") {
         println!("load: nothing to do; run `bash bench/run.sh` (or `cargo bench --bench load`)");
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "soak") {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(soak::run());
         return ExitCode::SUCCESS;
     }
     let options = Options::from_env();

@@ -168,6 +168,12 @@ impl Report {
             header = self.header,
             elapsed = fmt_duration(elapsed),
         );
+        // The soak (bench/soak.sh) owns the last section; keep it.
+        let soak = std::fs::read_to_string(&out).unwrap_or_default();
+        let text = match crate::soak::existing_section(&soak) {
+            Some(section) => format!("{text}\n{section}"),
+            None => text,
+        };
         match std::fs::write(&out, text) {
             Ok(()) => println!("wrote {}", out.display()),
             Err(e) => eprintln!("cannot write {}: {e}", out.display()),

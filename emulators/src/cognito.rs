@@ -308,6 +308,9 @@ pub struct IssuedCredentials {
     pub session_token: SecretString,
     /// When they expire, exactly as written in the response.
     pub expiration: SystemTime,
+    /// When Cognito issued them (its own clock): `expiration` minus the lifetime, before the
+    /// whole-second truncation of [`ExpirationFormat::Integer`].
+    pub issued_at: SystemTime,
     /// The role they stand for.
     pub role_arn: String,
 }
@@ -315,7 +318,8 @@ pub struct IssuedCredentials {
 /// Counters of one operation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperationStats {
-    /// Calls received, whatever their outcome.
+    /// Calls received, whatever their outcome (counted on arrival: a call abandoned by its
+    /// caller during injected latency counts here but has no outcome).
     pub calls: u64,
     /// Calls that succeeded.
     pub ok: u64,
@@ -588,6 +592,17 @@ impl CognitoEmulator {
         self.state.credentials().get(access_key_id).cloned()
     }
 
+    /// The logins (`Logins` key, `sub`) linked to `identity_id`: the emulator's own record of
+    /// whom an identity, and so every access key issued to it, belongs to. Empty when unknown.
+    pub fn logins_of(&self, identity_id: &str) -> Vec<(String, String)> {
+        self.state
+            .identities()
+            .logins_of
+            .get(identity_id)
+            .map(|logins| logins.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The counters.
     pub fn stats(&self) -> CognitoStats {
         self.state.stats().clone()
@@ -676,12 +691,14 @@ impl CognitoState {
         }
     }
 
-    /// Applies the faults, runs `logic` and counts the call.
+    /// Applies the faults, runs `logic` and counts the call: on arrival, so a call whose caller
+    /// gave up during the injected latency still counts in `calls` (its outcome never does).
     async fn call<T>(
         &self,
         op: Operation,
         logic: impl FnOnce() -> Result<T, ServiceError>,
     ) -> Result<T, ServiceError> {
+        self.stats().operation_mut(op).calls += 1;
         let result = match self.faults.before() {
             Err(error) => Err(error),
             Ok(latency) => {
@@ -695,7 +712,18 @@ impl CognitoState {
             // Messages carry ids and claim values at most, never tokens or secrets.
             tracing::debug!(operation = op.name(), %error, "cognito emulator call failed");
         }
-        self.record(op, result.as_ref().err().map(ServiceError::type_name));
+        let mut stats = self.stats();
+        let counters = stats.operation_mut(op);
+        match &result {
+            Ok(_) => counters.ok += 1,
+            Err(error) => {
+                *counters
+                    .errors
+                    .entry(error.type_name().to_owned())
+                    .or_default() += 1
+            }
+        }
+        drop(stats);
         result
     }
 
@@ -887,6 +915,7 @@ impl CognitoState {
             secret_key: SecretString::new(random_secret_key()),
             session_token: SecretString::new(random_session_token()),
             expiration,
+            issued_at: now,
             role_arn,
         };
         credentials.insert(access_key_id, issued.clone());
@@ -1440,6 +1469,11 @@ mod tests {
             let access_key_id = credentials.access_key_id().expect("access key");
             let issued = fx.emu.lookup_access_key(access_key_id).expect("remembered");
             assert_eq!(issued.identity_id, identity_id);
+            assert_eq!(
+                fx.emu.logins_of(&issued.identity_id),
+                vec![(fx.issuer.logins_key(), "auth0|abc".to_owned())]
+            );
+            assert!(fx.emu.logins_of("us-east-1:unknown").is_empty());
             assert_eq!(issued.role_arn, DEFAULT_ROLE_ARN);
             assert_eq!(
                 credentials.secret_key(),
@@ -2024,6 +2058,7 @@ mod tests {
             secret_key: "s".into(),
             session_token: "t".into(),
             expiration: from_unix_seconds(expires),
+            issued_at: from_unix_seconds(expires - 3600),
             role_arn: DEFAULT_ROLE_ARN.into(),
         };
         let mut map = HashMap::from([

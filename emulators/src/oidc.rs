@@ -34,6 +34,9 @@
 //!   [`OidcIssuer::redeem_refresh_token`] (credbroker's `TokenEndpoint` for paused-time tests),
 //!   which answers the status and body the HTTP endpoint would.
 //!
+//! - `POST /_emulator/mint` mints a token and `POST /_emulator/keys` rotates or retires keys and
+//!   takes the issuer down, for scripts (the soak) that drive the emulator from outside.
+//!
 //! The router is built in one place (`routes`).
 
 use std::fmt;
@@ -919,6 +922,7 @@ fn routes(state: Arc<IssuerState>) -> Router {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/_emulator/mint", post(mint))
+        .route("/_emulator/keys", post(keys_control))
         .route("/oauth/token", post(token))
         .with_state(state)
 }
@@ -1047,6 +1051,58 @@ async fn mint(State(state): State<Arc<IssuerState>>, body: Bytes) -> Response {
     let mut spec = TokenSpec::for_subject(request.sub);
     spec.lifetime = request.ttl_seconds.map(Duration::from_secs);
     axum::Json(json!({ "id_token": state.mint(&spec) })).into_response()
+}
+
+/// Body of `POST /_emulator/keys`: every field optional, applied in this order.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysRequest {
+    /// Sign with the next key ([`OidcIssuer::rotate_keys`]).
+    #[serde(default)]
+    rotate: bool,
+    /// Stop publishing every key but the signing key ([`OidcIssuer::retire_old_keys`]).
+    #[serde(default)]
+    retire_old: bool,
+    /// Make discovery, JWKS and the token endpoint answer 503 ([`OidcIssuer::set_unavailable`]).
+    unavailable: Option<bool>,
+}
+
+/// `POST /_emulator/keys`: key rotation and availability for scripts (the soak), answering
+/// `{"current_kid", "published_kids", "unavailable"}`.
+async fn keys_control(State(state): State<Arc<IssuerState>>, body: Bytes) -> Response {
+    let request: KeysRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            let message = format!(
+                "expected {{\"rotate\"?: bool, \"retire_old\"?: bool, \"unavailable\"?: bool}}: \
+                 {error}"
+            );
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": "invalid_request", "error_description": message })),
+            )
+                .into_response();
+        }
+    };
+    if request.rotate {
+        state.keys().rotate();
+    }
+    if request.retire_old {
+        state.keys().retire_old();
+    }
+    if let Some(down) = request.unavailable {
+        state.unavailable.store(down, Ordering::Relaxed);
+    }
+    let published: Vec<Value> = state.jwks_json()["keys"]
+        .as_array()
+        .map(|keys| keys.iter().filter_map(|k| k.get("kid").cloned()).collect())
+        .unwrap_or_default();
+    axum::Json(json!({
+        "current_kid": state.keys().current().kid.clone(),
+        "published_kids": published,
+        "unavailable": state.unavailable.load(Ordering::Relaxed),
+    }))
+    .into_response()
 }
 
 #[cfg(test)]
@@ -1486,6 +1542,50 @@ mod tests {
         let bad = send(Method::POST, &url, &[], r#"{"ttl_seconds": 1}"#).await;
         assert_eq!(bad.status, 400);
         assert_eq!(bad.json()["error"], "invalid_request");
+    }
+
+    #[tokio::test]
+    async fn keys_endpoint_rotates_retires_and_takes_the_issuer_down_for_scripts() {
+        let (issuer, _clock) = start(IssuerOptions::default()).await;
+        let url = format!("{}/_emulator/keys", issuer.base_url());
+        let old = issuer.current_kid();
+        let reply = send(Method::POST, &url, &[], r#"{"rotate": true}"#).await;
+        assert_eq!(reply.status, 200);
+        let new = issuer.current_kid();
+        assert_ne!(new, old);
+        assert_eq!(reply.json()["current_kid"], new.as_str());
+        let published = reply.json()["published_kids"].clone();
+        assert!(
+            published
+                .as_array()
+                .is_some_and(|k| k.contains(&old.as_str().into()))
+        );
+
+        let reply = send(Method::POST, &url, &[], r#"{"retire_old": true}"#).await;
+        let published = reply.json()["published_kids"].clone();
+        assert!(
+            !published
+                .as_array()
+                .is_some_and(|k| k.contains(&old.as_str().into()))
+        );
+        assert!(
+            published
+                .as_array()
+                .is_some_and(|k| k.contains(&new.as_str().into()))
+        );
+
+        let reply = send(Method::POST, &url, &[], r#"{"unavailable": true}"#).await;
+        assert_eq!(reply.json()["unavailable"], true);
+        let jwks = send(Method::GET, &issuer.jwks_uri(), &[], "").await;
+        assert_eq!(jwks.status, 503);
+        send(Method::POST, &url, &[], r#"{"unavailable": false}"#).await;
+        assert_eq!(
+            send(Method::GET, &issuer.jwks_uri(), &[], "").await.status,
+            200
+        );
+
+        let bad = send(Method::POST, &url, &[], r#"{"spin": true}"#).await;
+        assert_eq!(bad.status, 400);
     }
 
     #[tokio::test]

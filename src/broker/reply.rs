@@ -76,9 +76,11 @@ impl BrokerError {
                     ErrorKind::LimitExceeded => (403, "LimitExceeded"),
                     ErrorKind::ResourceConflict => (403, "ResourceConflict"),
                     ErrorKind::TooManyRequests => (503, "UpstreamThrottled"),
+                    // An attempt that got no answer in `cognito.attempt_timeout`: the same Code
+                    // as a request that outlived `server.request_timeout` waiting for Cognito.
+                    ErrorKind::Timeout => (503, "UpstreamTimeout"),
                     ErrorKind::InternalError
                     | ErrorKind::ExternalService
-                    | ErrorKind::Timeout
                     | ErrorKind::Unavailable => (503, "UpstreamUnavailable"),
                     _ => (502, "UpstreamError"),
                 };
@@ -237,6 +239,12 @@ mod tests {
         );
         let r = upstream(ErrorKind::Unavailable, "connection refused").reply();
         assert_eq!((r.status, r.code), (503, "UpstreamUnavailable"));
+        let r = upstream(ErrorKind::Timeout, "no answer in time").reply();
+        assert_eq!(
+            (r.status, r.code, r.retry_after),
+            (503, "UpstreamTimeout", Some(4))
+        );
+        assert_eq!(BrokerError::Timeout.reply().code, "UpstreamTimeout");
         let r = upstream(
             ErrorKind::InvalidIdentityPoolConfiguration,
             "Invalid identity pool configuration",

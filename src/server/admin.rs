@@ -11,6 +11,8 @@
 //!   Cognito or issuer outage never restarts the broker (and drops its cache);
 //! - `GET /readyz`: 200 with the [`Report`](crate::readiness::Report) as JSON when ready, 503
 //!   with the same JSON (its `reasons` say why) when not — including while shutting down;
+//! - other paths are 404 and other methods 405 (with `Allow: GET`), as `{"Code","Message"}`
+//!   JSON like every other listener's refusals;
 //! - it keeps answering while the main listeners drain, and stops last.
 
 use std::sync::Arc;
@@ -43,9 +45,9 @@ struct AdminState {
 /// The admin routes.
 pub fn router(broker: Arc<Broker>, readiness: Arc<Readiness>) -> Router {
     Router::new()
-        .route(METRICS_PATH, get(metrics))
-        .route(LIVEZ_PATH, get(livez))
-        .route(READYZ_PATH, get(readyz))
+        .route(METRICS_PATH, get(metrics).fallback(get_only))
+        .route(LIVEZ_PATH, get(livez).fallback(get_only))
+        .route(READYZ_PATH, get(readyz).fallback(get_only))
         .fallback(not_found)
         .with_state(AdminState { broker, readiness })
 }
@@ -87,10 +89,15 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    plain(
-        StatusCode::NOT_FOUND,
-        "not found: the admin listener serves /metrics, /livez and /readyz\n",
+    super::client_error(
+        404,
+        "NotFound",
+        "the admin listener serves GET /metrics, /livez and /readyz",
     )
+}
+
+async fn get_only() -> Response {
+    super::method_not_allowed("GET")
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -65,15 +66,33 @@ async fn default_api(State(state): State<AppState>, request: Request) -> Respons
 
 async fn named_api(
     State(state): State<AppState>,
-    Path(api): Path<String>,
+    api: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    measured(&state, Some(api), request).await
+    match api {
+        Ok(Path(api)) => measured(&state, Some(api), request).await,
+        // The name did not percent-decode to UTF-8: no configured API is called that.
+        Err(_) => {
+            let started = Instant::now();
+            let response = refusal(&client_reply(
+                404,
+                "NoSuchApi",
+                "the API name in the path is not valid UTF-8 once percent-decoded",
+            ));
+            observe(&state, started, &response);
+            response
+        }
+    }
 }
 
 async fn measured(state: &AppState, api: Option<String>, request: Request) -> Response {
     let started = Instant::now();
     let response = handle(state, api.as_deref(), request).await;
+    observe(state, started, &response);
+    response
+}
+
+fn observe(state: &AppState, started: Instant, response: &Response) {
     let metrics = &state.broker.metrics;
     metrics
         .requests
@@ -83,7 +102,6 @@ async fn measured(state: &AppState, api: Option<String>, request: Request) -> Re
         .request_latency
         .with_label_values(&[Surface::Appsync.as_str()])
         .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 async fn handle(state: &AppState, api_name: Option<&str>, request: Request) -> Response {

@@ -4,7 +4,8 @@
 //!
 //! Promises:
 //! - the caller authenticates with `Authorization: <ID token>` exactly as AWS SDKs send the
-//!   contents of `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` (a `Bearer ` prefix is also accepted);
+//!   contents of `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` (a `Bearer ` prefix is also accepted;
+//!   `Bearer` with nothing after it is a missing token);
 //! - 200 body exactly `{"AccessKeyId","SecretAccessKey","Token","Expiration"}` (+ `AccountId`
 //!   when configured), `Expiration` as `YYYY-MM-DDTHH:MM:SSZ`;
 //! - every error is non-200 `{"Code","Message"}`: 400 malformed request, 401 token problems
@@ -12,6 +13,9 @@
 //!   unavailable with `Retry-After`;
 //! - requests that carry `X-Forwarded-For` or `Forwarded` are refused (400): they came through a
 //!   proxy, and credentials are for local callers only (SSRF through a local proxy);
+//! - like every route of the main listener (sessions, AppSync), a request whose `Host` is not a
+//!   loopback IP, `localhost`, the listen address or one of `server.allowed_hosts` is 403
+//!   `HostNotAllowed` before routing ([`HostPolicy`](super::HostPolicy), DNS-rebinding guard);
 //! - a cached answer does no I/O and no signature check.
 
 use std::sync::Arc;
@@ -55,12 +59,17 @@ async fn not_found() -> Response {
     )
 }
 
-/// Refuses requests relayed by a proxy.
+/// Refuses requests relayed by a proxy (400, as documented for the main listener).
 pub fn forwarded_refusal(headers: &HeaderMap) -> Option<Response> {
+    forwarded_refusal_with(headers, 400)
+}
+
+/// Refuses requests relayed by a proxy with `status`, `ForwardedRequest`.
+pub fn forwarded_refusal_with(headers: &HeaderMap, status: u16) -> Option<Response> {
     for name in ["x-forwarded-for", "forwarded"] {
         if headers.contains_key(name) {
             return Some(client_error(
-                400,
+                status,
                 "ForwardedRequest",
                 format!(
                     "the request carries a {name} header, so it was relayed by a proxy; \
@@ -87,18 +96,31 @@ impl NotAscii {
     }
 }
 
-/// The caller's token from `Authorization` (raw, or after `Bearer `); empty when absent.
+/// The caller's token from `Authorization` (raw, or after `Bearer `); empty when absent or
+/// when nothing follows the prefix (so that is `MissingToken`, not `MalformedToken`).
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, NotAscii> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok("");
     };
     let text = value.to_str().map_err(|_| NotAscii)?;
-    let text = text.trim();
-    let token = match text.get(..7) {
-        Some(p) if p.eq_ignore_ascii_case("bearer ") => text[7..].trim_start(),
-        _ => text,
+    Ok(strip_bearer(text.trim()))
+}
+
+/// `text` without a case-insensitive `Bearer` scheme and the blanks after it. A bare `Bearer`
+/// is an empty token; `Bearerxyz` is a token, not a prefix.
+fn strip_bearer(text: &str) -> &str {
+    const SCHEME: &str = "bearer";
+    let (Some(scheme), Some(rest)) = (text.get(..SCHEME.len()), text.get(SCHEME.len()..)) else {
+        return text;
     };
-    Ok(token)
+    if !scheme.eq_ignore_ascii_case(SCHEME) {
+        return text;
+    }
+    match rest.strip_prefix([' ', '\t']) {
+        Some(token) => token.trim_start(),
+        None if rest.is_empty() => "",
+        None => text,
+    }
 }
 
 async fn credentials(State(state): State<AppState>, request: Request) -> Response {
@@ -160,6 +182,30 @@ async fn answer(state: &AppState, method: &Method, headers: &HeaderMap) -> Respo
                 "credentials refused"
             );
             error_response(&reply)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_bearer;
+
+    #[test]
+    fn bearer_prefix_is_stripped_only_when_it_is_a_prefix() {
+        for (value, token) in [
+            ("abc.def.ghi", "abc.def.ghi"),
+            ("Bearer abc", "abc"),
+            ("bearer    abc", "abc"),
+            ("BEARER\tabc", "abc"),
+            ("Bearer", ""),
+            ("bearer", ""),
+            ("Bearerabc", "Bearerabc"),
+            ("Bear", "Bear"),
+            ("", ""),
+            ("é", "é"),
+            ("Beareré", "Beareré"),
+        ] {
+            assert_eq!(strip_bearer(value), token, "{value:?}");
         }
     }
 }

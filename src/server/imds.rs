@@ -7,8 +7,8 @@
 //! Promises:
 //! - `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds: 1..=21600` answers a
 //!   session token and echoes that header (aws-config fails without it); a missing or
-//!   out-of-range TTL is 400. A PUT is never answered 403/404/405 (botocore and the JS SDK would
-//!   silently fall back to IMDSv1): any other PUT path is 400;
+//!   out-of-range TTL is 400. Other PUTs are never answered 404/405 (botocore and the JS SDK
+//!   would silently fall back to IMDSv1): any other PUT path is 400;
 //! - session tokens are 256-bit random, stored only as SHA-256 digests, expire after their TTL
 //!   (by the injected clock), and at most `imds.max_session_tokens` exist (the oldest is
 //!   dropped);
@@ -18,7 +18,12 @@
 //!   "Expiration"}`; another role is 404;
 //! - a GET with an unknown or expired token is 401; without a token it is 401 unless
 //!   `imds.allow_imdsv1`;
-//! - any request carrying `X-Forwarded-For` or `Forwarded` is 400 (it came through a proxy);
+//! - any request carrying `X-Forwarded-For` or `Forwarded` is 403 `ForwardedRequest`, as EC2
+//!   answers a proxied token PUT: a proxied request never gets a session token or credentials
+//!   (an SDK that falls back to IMDSv1 on that 403 gets 401 or 403 again);
+//! - a request whose `Host` is not a loopback IP, `localhost`, the listen address or one of
+//!   `imds.allowed_hosts` is 403 `HostNotAllowed` before it reaches this router (the listener's
+//!   [`HostPolicy`](super::HostPolicy)): DNS rebinding cannot get a session token;
 //! - accepted connections get IP TTL / IPv6 hop limit `imds.hop_limit` (EC2's
 //!   `HttpPutResponseHopLimit`, default 1: a container behind a bridge cannot read the answer);
 //! - credentials are served with at least `imds.min_remaining` left when a refresh can provide
@@ -40,7 +45,7 @@ use bytes::Bytes;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
-use super::container::forwarded_refusal;
+use super::container::forwarded_refusal_with;
 use super::{client_error, error_response};
 use crate::broker::Broker;
 use crate::broker::ConfiguredIdentity;
@@ -188,7 +193,8 @@ fn text(body: impl Into<Bytes>) -> Response {
 }
 
 async fn answer(state: &AppState, method: &Method, path: &str, headers: &HeaderMap) -> Response {
-    if let Some(refusal) = forwarded_refusal(headers) {
+    // EC2 answers a proxied token PUT 403; GETs get the same (no SDK falls back on a GET).
+    if let Some(refusal) = forwarded_refusal_with(headers, 403) {
         return refusal;
     }
     if method == Method::PUT {
@@ -222,18 +228,37 @@ async fn answer(state: &AppState, method: &Method, path: &str, headers: &HeaderM
             );
         }
     }
+    match credentials_path(path, &state.role_name) {
+        CredentialsPath::Listing => text(state.role_name.to_string()),
+        CredentialsPath::Role => credentials(state).await,
+        CredentialsPath::OtherRole => client_error(404, "NotFound", "no such role"),
+        CredentialsPath::Other => client_error(404, "NotFound", "not found"),
+    }
+}
+
+/// What a GET path names. Paths match exactly, segment by segment (no slicing by index).
+#[derive(Debug, PartialEq, Eq)]
+enum CredentialsPath {
+    /// `…/security-credentials` or `…/security-credentials/`.
+    Listing,
+    /// `…/security-credentials/<role_name>`.
+    Role,
+    /// `…/security-credentials/<another name>`.
+    OtherRole,
+    /// Anything else, including `…/security-credentialsX`.
+    Other,
+}
+
+fn credentials_path(path: &str, role_name: &str) -> CredentialsPath {
     let Some(rest) = path.strip_prefix(CREDENTIALS_PREFIX) else {
-        return client_error(404, "NotFound", "not found");
+        return CredentialsPath::Other;
     };
-    match rest {
-        "" | "/" => text(state.role_name.to_string()),
-        role => {
-            let role = &role[1..];
-            if role != &*state.role_name {
-                return client_error(404, "NotFound", "no such role");
-            }
-            credentials(state).await
-        }
+    match rest.strip_prefix('/') {
+        None if rest.is_empty() => CredentialsPath::Listing,
+        None => CredentialsPath::Other,
+        Some("") => CredentialsPath::Listing,
+        Some(role) if role == role_name => CredentialsPath::Role,
+        Some(_) => CredentialsPath::OtherRole,
     }
 }
 
@@ -349,6 +374,22 @@ mod tests {
                 .any(|k| k.as_slice() == c.as_bytes() || k.as_slice() == d.as_bytes()),
             "only digests are stored"
         );
+    }
+
+    #[test]
+    fn credentials_paths_match_exactly() {
+        use CredentialsPath::*;
+        let p = |s: &str| credentials_path(s, "app-role");
+        assert_eq!(p(CREDENTIALS_PREFIX), Listing);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/")), Listing);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/app-role")), Role);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/other")), OtherRole);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/app-role/")), OtherRole);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}Xapp-role")), Other);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}app-role")), Other);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}\u{e9}")), Other);
+        assert_eq!(p(&format!("{CREDENTIALS_PREFIX}/\u{e9}")), OtherRole);
+        assert_eq!(p("/latest/meta-data/"), Other);
     }
 
     #[tokio::test]

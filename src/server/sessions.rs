@@ -15,8 +15,9 @@
 //!   `InvalidClientId` (see [`crate::sessions`]);
 //! - `DELETE /v1/sessions/current` with `Authorization: <session handle>` revokes it (200
 //!   `{"identity_evicted"}`); an unknown or expired handle is 401;
-//! - errors are `{"Code","Message"}` like every other endpoint; request bodies over 64 KiB are
-//!   refused (413); proxied requests are refused (400) as on the container endpoint;
+//! - errors are `{"Code","Message"}` like every other endpoint, axum's own rejections included:
+//!   request bodies over 64 KiB are 413 `RequestTooLarge`, other methods 405 with `Allow`;
+//!   proxied requests are refused (400) as on the container endpoint;
 //! - neither handles nor tokens are logged.
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +33,7 @@ use axum::routing::{delete, post};
 use serde::Deserialize;
 
 use super::container::{bearer_token, forwarded_refusal};
-use super::{client_error, error_response};
+use super::{client_error, error_response, method_not_allowed};
 use crate::broker::RefreshLogin;
 use crate::broker::{Broker, BrokerError};
 use crate::clock;
@@ -54,8 +56,14 @@ struct AppState {
 /// The session routes, to be merged into the main listener's router.
 pub fn router(broker: Arc<Broker>, request_timeout: Duration) -> Router {
     Router::new()
-        .route(SESSIONS_PATH, post(create))
-        .route(CURRENT_SESSION_PATH, delete(revoke))
+        .route(
+            SESSIONS_PATH,
+            post(create).fallback(|| async { method_not_allowed("POST") }),
+        )
+        .route(
+            CURRENT_SESSION_PATH,
+            delete(revoke).fallback(|| async { method_not_allowed("DELETE") }),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState {
             broker,
@@ -83,9 +91,16 @@ impl<'de> Deserialize<'de> for SecretField {
     }
 }
 
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
-    let response = create_inner(&state, &headers, &body).await;
+    let response = match body {
+        Ok(body) => create_inner(&state, &headers, &body).await,
+        Err(rejection) => body_refusal(&rejection),
+    };
     observe(&state.broker, started, &response);
     response
 }
@@ -159,6 +174,23 @@ async fn revoke(State(state): State<AppState>, headers: HeaderMap) -> Response {
     };
     observe(&state.broker, started, &response);
     response
+}
+
+/// axum's body rejections (`text/plain`) in the JSON shape.
+fn body_refusal(rejection: &BytesRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        client_error(
+            413,
+            "RequestTooLarge",
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    } else {
+        client_error(
+            400,
+            "MalformedRequest",
+            "the request body could not be read",
+        )
+    }
 }
 
 fn refused(e: &BrokerError) -> Response {

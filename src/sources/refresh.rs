@@ -193,9 +193,20 @@ pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenResponse, G
                 id_token: r.id_token.map(SecretString::from),
                 refresh_token: r.refresh_token.map(SecretString::from),
             }),
+            // Not `{e}`: serde's message quotes the offending value, which can be a token, and
+            // is unbounded.
             Err(e) => Err(GrantError {
                 kind: GrantErrorKind::Unavailable,
-                message: format!("the token endpoint answered 200 with an unreadable body: {e}"),
+                message: format!(
+                    "the token endpoint answered 200 with a body that is not a token response \
+                     (JSON {} at line {}, column {})",
+                    match e.classify() {
+                        serde_json::error::Category::Data => "of the wrong shape",
+                        _ => "syntax error",
+                    },
+                    e.line(),
+                    e.column()
+                ),
             }),
         };
     }
@@ -607,6 +618,32 @@ mod tests {
         }
         let e = parse_token_response(400, br#"{"error":"invalid_request"}"#).expect_err("400");
         assert_eq!(e.kind, GrantErrorKind::Rejected);
+    }
+
+    /// Found by the `token_endpoint` fuzz target: serde's message for an unreadable 200 body
+    /// quoted the body (unbounded, and possibly a token) into the refusal, which is logged.
+    #[test]
+    fn an_unreadable_200_is_refused_without_quoting_the_body() {
+        // The fuzzer's input: two bytes of status (200), then the body.
+        let crash =
+            &include_bytes!("../../fuzz/corpus/token_endpoint/regression-200-unreadable-quoted")
+                [2..];
+        for body in [
+            crash,
+            br#""v1.s3cr3t-refresh-token""#,
+            br#"{"id_token":["eyJ.s3cr3t.sig"]}"#,
+            br#"{"refresh_token":"v1.s3cr3t""#,
+        ] {
+            let e = parse_token_response(200, body).expect_err("not a token response");
+            assert_eq!(e.kind, GrantErrorKind::Unavailable);
+            assert!(e.message.contains("not a token response"), "{}", e.message);
+            assert!(
+                !e.message.contains("s3cr3t") && !e.message.contains(">>>"),
+                "{}",
+                e.message
+            );
+            assert!(e.message.len() < 200, "{}", e.message);
+        }
     }
 
     #[test]

@@ -601,3 +601,132 @@ async fn session_handles_are_accepted_in_both_modes_with_the_sessions_current_to
     assert_eq!((stats.oidc_authorized, stats.iam_authorized), (1, 1));
     h.stop().await;
 }
+
+/// POSTs `query` (as `{"query": …}`) to `path`; a dropped connection fails the test with a
+/// clear message instead of a hyper error.
+async fn post_document(h: &Harness, url: &str, token: &str, query: &str) -> Reply {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("authorization", token)
+        .body(http_body_util::Full::new(Bytes::from(gql(
+            query,
+            json!({}),
+        ))))
+        .expect("request");
+    let answer = tokio::time::timeout(Duration::from_secs(30), h.http.request(request))
+        .await
+        .expect("an answer within 30 s");
+    let response = match answer {
+        Ok(r) => r,
+        Err(e) => panic!("the broker dropped the request instead of answering: {e}"),
+    };
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Issue 16, defect 2: a non-ASCII character inside a block string made the operation check
+/// panic (the connection dropped) and the panic message carried the whole document, secrets
+/// included, into stderr. Driven through the real binary, logging at trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_operations_answers_non_ascii_block_strings_and_never_logs_the_document() {
+    use crate::support::{Binary, Tweaks, config_toml, tempdir};
+
+    let h = with_appsync("").await;
+    let dir = tempdir();
+    let config = dir.join("credbroker.toml");
+    let mut text = config_toml(&h.issuer, &h.cognito, &Tweaks::default());
+    text.push_str(&crate::support::appsync_toml(h.appsync(), ""));
+    std::fs::write(&config, text).expect("write");
+    let mut bin = Binary::spawn(&config, "trace");
+    let addr = bin.listen_of("credbroker is serving").await;
+    let url = format!("http://{addr}/appsync/readonly/graphql");
+    let token = h.issuer.token_for("auth0|alice");
+    let secret = "pässwörd-s3cr3t-0451";
+
+    // A mutation whose argument is a block string with non-ASCII text: refused as a mutation.
+    let mutation = format!(
+        "mutation {{ createTodo(content: \"\"\"{secret} {{ \"quoted\" }}\"\"\") {{ id }} }}"
+    );
+    let refused = post_document(&h, &url, &token, &mutation).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(refused.code(), "OperationNotAllowed");
+    assert!(
+        refused.json()["Message"]
+            .as_str()
+            .expect("Message")
+            .contains("mutation")
+    );
+
+    // The same inside a query: the query is allowed, so it reaches AppSync.
+    let query = format!(
+        "query Q($note: String = \"\"\"{secret} }} mutation {{\"\"\") {{ listTodos {{ id }} }}"
+    );
+    let forwarded = post_document(&h, &url, &token, &query).await;
+    assert_eq!(forwarded.status, 200, "{}", forwarded.text());
+    assert_eq!(h.appsync().stats().requests, 1);
+
+    // A document that is not GraphQL: refused in the documented shape, the secret not echoed.
+    let broken = format!("query {{ listTodos(filter: \"\"\"{secret} ");
+    let unreadable = post_document(&h, &url, &token, &broken).await;
+    assert_eq!(unreadable.status, 400, "{}", unreadable.text());
+    assert_eq!(unreadable.code(), "MalformedRequest");
+    assert!(
+        !unreadable.text().contains("s3cr3t"),
+        "{}",
+        unreadable.text()
+    );
+    assert_eq!(h.appsync().stats().requests, 1, "never forwarded unchecked");
+
+    // Nesting far past the parser's recursion limit: a refusal, not a stack overflow that
+    // would abort the daemon; a document past the token limit: a refusal too.
+    let deep = format!("{}{}", "{ a ".repeat(100_000), "}".repeat(100_000));
+    let refused = post_document(&h, &url, &token, &deep).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused.json()["Message"]
+            .as_str()
+            .expect("Message")
+            .contains("nests deeper than")
+    );
+    let huge = format!("{{ {} }}", "a ".repeat(200_000));
+    let refused = post_document(&h, &url, &token, &huge).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused.json()["Message"]
+            .as_str()
+            .expect("Message")
+            .contains("tokens")
+    );
+    let subscription = "subscription { onCreateTodo { id } }";
+    let refused = post_document(&h, &url, &token, subscription).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(h.appsync().stats().requests, 1);
+    // Still serving.
+    let again = post_document(&h, &url, &token, LIST).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+
+    bin.signal("TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(30), bin.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    assert!(exit.success(), "exit status {exit:?}");
+    (&mut bin.reader).await.expect("reader");
+    let logs = bin.logs();
+    assert!(
+        logs.contains("appsync request not forwarded"),
+        "trace logging is on"
+    );
+    assert!(!logs.contains("panicked"), "a panic on the request path");
+    assert!(!logs.contains("s3cr3t"), "the document reached the logs");
+    h.stop().await;
+}

@@ -374,3 +374,50 @@ async fn the_verified_token_cache_stops_serving_a_token_below_min_token_validity
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_wrong_audience_is_refused_locally_even_when_cognito_would_accept_it() {
+    // The emulated pool trusts "other-app" too, so only credbroker's own audience check stands
+    // between this token and credentials.
+    let h = Harness::with(Tweaks {
+        cognito_extra_audiences: vec!["other-app".into()],
+        ..Tweaks::default()
+    })
+    .await;
+    for spec in [
+        TokenSpec {
+            audience: vec!["other-app".into()],
+            ..TokenSpec::for_subject("auth0|other-app")
+        },
+        TokenSpec {
+            audience: vec!["other-app".into(), h.issuer.audience().to_owned()],
+            azp: Some("other-app".into()),
+            ..TokenSpec::for_subject("auth0|other-app-azp")
+        },
+    ] {
+        let token = h.issuer.mint(&spec);
+        let reply = h.get(&token).await;
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (401, "AudienceMismatch"),
+            "{}",
+            reply.text()
+        );
+    }
+    assert_eq!(
+        (h.get_id_calls(), h.credential_calls()),
+        (0, 0),
+        "refused before any Cognito call"
+    );
+    // Cognito itself would have accepted the first one: the test above is not vacuous.
+    let token = h.issuer.mint(&TokenSpec {
+        audience: vec!["other-app".into()],
+        ..TokenSpec::for_subject("auth0|other-app")
+    });
+    let logins = std::collections::BTreeMap::from([(h.issuer.logins_key(), token.clone())]);
+    h.cognito
+        .get_id(h.cognito.identity_pool_id(), &logins)
+        .await
+        .expect("the emulated pool trusts other-app");
+    h.stop().await;
+}

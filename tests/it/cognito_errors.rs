@@ -1,7 +1,10 @@
 //! Each Cognito error type reaches the caller as its own status and code; throttling is
 //! retried with backoff; failures are remembered instead of hammering Cognito.
 
+use credbroker::broker::BrokerError;
+use credbroker::metrics::Surface;
 use credbroker_emulators::cognito::{ErrorType, Operation};
+use credbroker_emulators::oidc::TokenSpec;
 
 use crate::single_flight::metric;
 use crate::support::{Harness, Tweaks};
@@ -217,6 +220,119 @@ async fn too_many_waiting_callers_get_429() {
             .iter()
             .filter(|r| r.status == 429)
             .all(|r| r.code() == "TooManyRequests" && r.headers.contains_key("retry-after"))
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_cognito_attempt_timeout_is_503_upstream_timeout() {
+    let h = Harness::with(Tweaks {
+        cognito: "attempt_timeout = \"200ms\"\nmax_attempts = 1".into(),
+        ..Tweaks::default()
+    })
+    .await;
+    // Slower than the attempt timeout, far inside server.request_timeout (10 s).
+    h.cognito
+        .faults()
+        .set_latency(std::time::Duration::from_secs(2));
+    let reply = h.get(&h.issuer.token_for("auth0|slow-cognito")).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.code(), "UpstreamTimeout", "{}", reply.text());
+    assert!(reply.headers.contains_key("retry-after"));
+    let m = h.running().broker.metrics.render();
+    assert_eq!(
+        metric(
+            &m,
+            "credbroker_cognito_calls_total{operation=\"GetId\",outcome=\"timeout\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    h.cognito.faults().clear();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_is_remembered_for_that_token_only_so_signing_in_again_works() {
+    let h = Harness::with(fast_retries()).await;
+    h.cognito
+        .faults()
+        .fail_next(Operation::GetId, ErrorType::NotAuthorized, 1);
+    let refused = h.issuer.token_for("auth0|signs-in-again");
+    assert_eq!(h.get(&refused).await.code(), "LoginRejected");
+    assert_eq!(h.get(&refused).await.code(), "LoginRejected");
+    assert_eq!(
+        h.get_id_calls(),
+        1,
+        "the refused token is answered from memory"
+    );
+
+    // The user signs in again: a new token for the same identity is exchanged at once.
+    let fresh = h.issuer.mint(&TokenSpec {
+        nonce: Some("second-login".into()),
+        ..TokenSpec::for_subject("auth0|signs-in-again")
+    });
+    assert_ne!(fresh, refused);
+    let reply = h.get(&fresh).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        (h.get_id_calls(), h.credential_calls()),
+        (2, 1),
+        "the new token reached Cognito"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_remembered_refusal_expires_after_negative_ttl() {
+    let h = Harness::with(Tweaks {
+        in_process_cognito: true,
+        cache: "negative_ttl = \"30s\"".into(),
+        tokens: "jwks_refresh_interval = \"7d\"".into(),
+        ..fast_retries()
+    })
+    .await;
+    let token = h.issuer.mint(&TokenSpec {
+        lifetime: Some(std::time::Duration::from_secs(12 * 3600)),
+        ..TokenSpec::for_subject("auth0|negative-ttl")
+    });
+    let broker = &h.running().broker;
+    tokio::time::pause();
+    h.cognito
+        .faults()
+        .fail_next(Operation::GetId, ErrorType::NotAuthorized, 1);
+    let code = |r: Result<_, BrokerError>| r.map(|_| ()).map_err(|e| e.reply().code);
+    assert_eq!(
+        code(broker.credentials(&token, Surface::Container).await),
+        Err("LoginRejected")
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(29)).await;
+    let remembered = broker
+        .credentials(&token, Surface::Container)
+        .await
+        .expect_err("still remembered");
+    assert_eq!(remembered.reply().code, "LoginRejected");
+    assert_eq!(
+        remembered.reply().retry_after,
+        None,
+        "a refusal is not retryable"
+    );
+    assert_eq!(h.get_id_calls(), 1, "29 s in: no second call");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        code(broker.credentials(&token, Surface::Container).await),
+        Ok(())
+    );
+    assert_eq!(
+        h.get_id_calls(),
+        2,
+        "31 s in: tried again, and Cognito accepted it"
+    );
+    let m = broker.metrics.render();
+    assert_eq!(
+        metric(&m, "credbroker_cache_lookups_total{result=\"negative\"}"),
+        1.0,
+        "{m}"
     );
     h.stop().await;
 }

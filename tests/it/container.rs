@@ -203,3 +203,38 @@ async fn identity_keys_share_the_providers_issuer_instead_of_copying_it() {
     assert_eq!(key, broker.identities.key_for(&verified, None));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_empty_bearer_is_missing_token_on_credentials_and_appsync() {
+    let h = Harness::with(Tweaks {
+        appsync: Some(String::new()),
+        ..Tweaks::default()
+    })
+    .await;
+    for value in ["Bearer ", "bearer", "BEARER    ", "Bearer\t"] {
+        let reply = h.get(value).await;
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (401, "MissingToken"),
+            "{value:?}: {}",
+            reply.text()
+        );
+        let reply = h
+            .post("/appsync/graphql", &[("authorization", value)], "{}")
+            .await;
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (401, "MissingToken"),
+            "appsync {value:?}: {}",
+            reply.text()
+        );
+    }
+    // A token after the prefix is still read (and this one is not a JWT).
+    let reply = h.get("Bearer abc").await;
+    assert_eq!(reply.code(), "MalformedToken", "{}", reply.text());
+    // A value that merely starts like the prefix is a token, not a prefix.
+    let reply = h.get("Bearerabc").await;
+    assert_eq!(reply.code(), "MalformedToken", "{}", reply.text());
+    assert_eq!(h.get_id_calls(), 0);
+    h.stop().await;
+}

@@ -168,26 +168,41 @@ async fn put_never_answers_403_404_or_405() {
 }
 
 #[tokio::test]
-async fn forwarded_requests_are_refused() {
+async fn forwarded_requests_are_403_like_ec2_and_never_get_a_session_token() {
     let h = start().await;
-    let xff = ("x-forwarded-for", "10.0.0.7");
-    let r = h
-        .imds(
-            "PUT",
-            "/latest/api/token",
-            &[("x-aws-ec2-metadata-token-ttl-seconds", "60"), xff],
-        )
-        .await;
-    assert_eq!(r.status, 400);
     let token = h.imds_token("60").await;
-    let r = h
-        .imds(
-            "GET",
-            LISTING,
-            &[("x-aws-ec2-metadata-token", token.as_str()), xff],
-        )
-        .await;
-    assert_eq!(r.status, 400);
+    for forwarded in [
+        ("x-forwarded-for", "10.0.0.7"),
+        ("forwarded", "for=10.0.0.7"),
+    ] {
+        // EC2 refuses a token PUT that came through a proxy with 403.
+        let r = h
+            .imds(
+                "PUT",
+                "/latest/api/token",
+                &[("x-aws-ec2-metadata-token-ttl-seconds", "60"), forwarded],
+            )
+            .await;
+        assert_eq!(r.status, 403, "{forwarded:?}: {}", r.text());
+        assert_eq!(r.code(), "ForwardedRequest");
+        assert!(
+            !r.headers
+                .contains_key("x-aws-ec2-metadata-token-ttl-seconds")
+        );
+        // A GET with a valid token that came through a proxy gets nothing either.
+        for path in [LISTING.to_owned(), format!("{LISTING}{ROLE}")] {
+            let r = h
+                .imds(
+                    "GET",
+                    &path,
+                    &[("x-aws-ec2-metadata-token", token.as_str()), forwarded],
+                )
+                .await;
+            assert_eq!(r.status, 403, "{forwarded:?} {path}: {}", r.text());
+            assert_eq!(r.code(), "ForwardedRequest");
+            assert!(!r.text().contains("SecretAccessKey"));
+        }
+    }
     h.stop().await;
 }
 
@@ -330,5 +345,65 @@ async fn imds_serves_at_least_its_min_remaining_by_refreshing_early() {
         .await
         .expect("again");
     assert_eq!(h.credential_calls(), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn credential_paths_match_exactly_and_non_ascii_bytes_are_a_plain_404() {
+    let h = start().await;
+    let token = h.imds_token("60").await;
+    let addr = h.running().imds_addr.expect("imds");
+    let auth = [("x-aws-ec2-metadata-token", token.as_str())];
+    let prefix = LISTING.trim_end_matches('/');
+    // Raw bytes on the wire: a UTF-8 `é`, a lone continuation byte, a multi-byte character
+    // right after the slash.
+    let paths: [Vec<u8>; 6] = [
+        [prefix.as_bytes(), "é".as_bytes()].concat(),
+        [prefix.as_bytes(), b"\xc3"].concat(),
+        [prefix.as_bytes(), "/é".as_bytes()].concat(),
+        [
+            prefix.as_bytes(),
+            "/".as_bytes(),
+            ROLE.as_bytes(),
+            "é".as_bytes(),
+        ]
+        .concat(),
+        format!("{prefix}X{ROLE}").into_bytes(),
+        format!("{prefix}{ROLE}").into_bytes(),
+    ];
+    for path in paths {
+        let mut conn = crate::support::RawConn::connect(addr).await;
+        let mut request = b"GET ".to_vec();
+        request.extend_from_slice(&path);
+        request.extend_from_slice(
+            format!(
+                " HTTP/1.1\r\nhost: {addr}\r\n{}: {}\r\n\r\n",
+                auth[0].0, auth[0].1
+            )
+            .as_bytes(),
+        );
+        conn.send(&request).await;
+        let shown = String::from_utf8_lossy(&path).into_owned();
+        let reply = conn
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("{shown}: connection dropped without an answer"));
+        assert!(
+            reply.status == 404 || reply.status == 400,
+            "{shown}: {} {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert!(
+            !String::from_utf8_lossy(&reply.body).contains("SecretAccessKey"),
+            "{shown}"
+        );
+        if reply.status == 404 {
+            assert_eq!(reply.code(), "NotFound", "{shown}");
+        }
+    }
+    // The exact paths still work.
+    let r = h.imds("GET", &format!("{LISTING}{ROLE}"), &auth).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     h.stop().await;
 }

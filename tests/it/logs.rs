@@ -106,3 +106,41 @@ async fn trace_logs_contain_no_secrets_and_one_audit_line_per_issuance() {
     h.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_binary_reports_a_panic_without_its_message() {
+    // `check-config` prints the configuration; with stdout a pipe nobody reads, that print
+    // panics ("failed printing to stdout: Broken pipe"). Rust's default hook would print that
+    // message; credbroker's prints only where it happened.
+    let dir = tempdir();
+    let config = dir.join("credbroker.toml");
+    std::fs::write(
+        &config,
+        "[providers.auth0]\nissuer = \"https://dev-x.us.auth0.com/\"\naudiences = [\"c\"]\n\
+         [cognito]\nregion = \"us-east-1\"\n\
+         identity_pool_id = \"us-east-1:0f1e2d3c-4b5a-4697-8877-665544332211\"\n",
+    )
+    .expect("write");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credbroker"))
+        .args(["check-config", "--file"])
+        .arg(&config)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run credbroker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "a panic: {stderr}");
+    assert!(
+        stderr.contains("credbroker: internal error: panicked at ")
+            && stderr.contains("on thread main"),
+        "credbroker's hook reported it: {stderr}"
+    );
+    assert!(stderr.contains("message withheld"), "{stderr}");
+    assert!(
+        !stderr.contains("failed printing") && !stderr.contains("Broken pipe"),
+        "the panic message is not printed: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

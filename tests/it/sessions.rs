@@ -597,3 +597,53 @@ async fn shutdown_stops_refresh_token_sessions() {
     assert_eq!(h.issuer.token_stats().requests, at_stop);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn proxied_login_and_logout_are_refused_and_change_nothing() {
+    let h = Harness::start().await;
+    let main = h.running().container_addr;
+    let token = h.issuer.token_for("auth0|proxied-session");
+    let body = serde_json::json!({ "id_token": token }).to_string();
+    for forwarded in [
+        ("x-forwarded-for", "10.0.0.9"),
+        ("forwarded", "for=10.0.0.9"),
+    ] {
+        let reply = h
+            .post(
+                "/v1/sessions",
+                &[("content-type", "application/json"), forwarded],
+                &body,
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (400, "ForwardedRequest"),
+            "{forwarded:?}: {}",
+            reply.text()
+        );
+        assert!(!reply.text().contains("session_token"));
+    }
+    assert_eq!(h.get_id_calls(), 0, "a proxied login never reaches Cognito");
+
+    // A proxied logout leaves the session alive.
+    let handle = create_session(&h, &token).await;
+    let url = format!("http://{main}/v1/sessions/current");
+    for forwarded in [
+        ("x-forwarded-for", "10.0.0.9"),
+        ("forwarded", "for=10.0.0.9"),
+    ] {
+        let reply = h
+            .request("DELETE", &url, &[("authorization", &handle), forwarded])
+            .await;
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (400, "ForwardedRequest"),
+            "{forwarded:?}: {}",
+            reply.text()
+        );
+    }
+    assert_eq!(h.get(&handle).await.status, 200, "still a live session");
+    assert_eq!(logout(&h, &handle).await.status, 200);
+    assert_eq!(h.get(&handle).await.code(), "InvalidSession");
+    h.stop().await;
+}

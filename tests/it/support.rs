@@ -55,6 +55,9 @@ pub struct Tweaks {
     pub in_process_issuer: bool,
     /// Runs after the emulators start and before the broker does (write token files).
     pub setup: Option<Setup>,
+    /// Client ids the emulated identity pool trusts besides the issuer's audience (so a
+    /// refusal of such a token can only come from credbroker's own checks).
+    pub cognito_extra_audiences: Vec<String>,
 }
 
 /// See [`Tweaks::setup`].
@@ -165,9 +168,13 @@ impl Harness {
         let issuer = OidcIssuer::start(t.issuer_options.clone().unwrap_or_default(), clock.clone())
             .await
             .expect("issuer");
+        let mut trusted = TrustedProvider::for_issuer(&issuer);
+        trusted
+            .client_ids
+            .extend(t.cognito_extra_audiences.iter().cloned());
         let cognito = CognitoEmulator::start(
             t.cognito_options.clone().unwrap_or_default(),
-            vec![TrustedProvider::for_issuer(&issuer)],
+            vec![trusted],
             clock.clone(),
         )
         .await
@@ -516,4 +523,126 @@ impl Binary {
     pub fn logs(&self) -> String {
         self.logs.lock().expect("lock").clone()
     }
+}
+
+/// One HTTP/1.1 connection driven byte by byte (requests hyper's client would not send, partial
+/// heads, keep-alive behaviour).
+pub struct RawConn {
+    pub stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A response read by [`RawConn`].
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn code(&self) -> String {
+        self.json()["Code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl RawConn {
+    pub async fn connect(addr: std::net::SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt as _;
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads one response; `None` when the server closed (or reset) the connection before
+    /// sending a complete head. Bounded by 30 s so a hang fails instead of blocking the suite.
+    pub async fn response(&mut self) -> Option<RawReply> {
+        tokio::time::timeout(Duration::from_secs(30), self.read_response())
+            .await
+            .expect("an answer or a close within 30 s")
+    }
+
+    async fn read_response(&mut self) -> Option<RawReply> {
+        use tokio::io::AsyncReadExt as _;
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        self.buf.drain(..head_end);
+        while self.buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = self.buf.drain(..length.min(self.buf.len())).collect();
+        Some(RawReply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Whether the server closed the connection: EOF or reset on the next read (bounded).
+    pub async fn closed_by_server(&mut self) -> bool {
+        use tokio::io::AsyncReadExt as _;
+        let mut chunk = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+}
+
+/// A minimal GET request head (`Host` is the address it is sent to).
+pub fn raw_get(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
 }

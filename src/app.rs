@@ -128,8 +128,8 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
     let identities = IdentityCache::new(
         exchanger,
         &config.cache,
+        &config.cognito,
         config.tokens.min_token_validity,
-        config.cognito.account_id.as_deref(),
         clock.clone(),
         metrics.clone(),
     );
@@ -159,8 +159,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
             identities.clone(),
             metrics,
             clock,
-            config.server.max_pending_exchanges,
-            config.cognito.custom_role_arn.as_deref(),
+            crate::broker::Settings::from_config(&config.server),
         )
         .with_sessions(&config.sessions)
         .with_session_refresh(SessionRefresh {
@@ -203,16 +202,9 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
 
     listeners.spawn(server::serve(
         listener,
-        container::router(broker.clone(), config.server.request_timeout)
-            .merge(server::appsync::router(
-                broker.clone(),
-                &config.appsync,
-                config.server.request_timeout,
-            ))
-            .merge(server::sessions::router(
-                broker.clone(),
-                config.server.request_timeout,
-            )),
+        container::router(broker.clone())
+            .merge(server::appsync::router(broker.clone(), &config.appsync))
+            .merge(server::sessions::router(broker.clone())),
         ListenerOptions {
             name: "main",
             limits: Limits::from_config(&config.server),
@@ -294,17 +286,13 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
                 *refresh_fraction,
             )),
         };
-        let role = ic
-            .role
-            .as_deref()
-            .or(config.cognito.custom_role_arn.as_deref());
         let driver = SourceDriver::new(
             &ic.name,
             source,
             provider,
             validator.clone(),
             identities.clone(),
-            role,
+            ic.role.as_deref(),
             broker.clock().clone(),
             config.cache.idle_timeout / 2,
         );
@@ -334,12 +322,7 @@ pub async fn start(config: Config, overrides: Overrides) -> Result<Running, Star
         let hops = imds_config.hop_limit;
         listeners.spawn(server::serve_with(
             listener,
-            imds::router(
-                broker.clone(),
-                identity,
-                imds_config,
-                config.server.request_timeout,
-            ),
+            imds::router(broker.clone(), identity, imds_config),
             ListenerOptions {
                 name: "imds",
                 limits: Limits::from_config(&config.server),

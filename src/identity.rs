@@ -56,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, SharedClock};
 use crate::cognito::{ErrorKind, Exchanger, Login, RawCredentials, UpstreamError};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, CognitoConfig};
 use crate::metrics::{Metrics, Surface};
 use crate::oidc::{Provider, VerifiedToken};
 use crate::secret::{REDACTED, ZeroizingBytes};
@@ -458,6 +458,11 @@ impl Identity {
     pub fn current(&self) -> Option<Arc<Issued>> {
         self.current.load_full()
     }
+    /// The current credentials if they may be served at `now` (not counted as a cache hit:
+    /// callers that serve them use [`IdentityCache::servable`]).
+    pub fn servable_at(&self, now: SystemTime) -> Option<Arc<Issued>> {
+        self.current.load_full().filter(|c| c.servable_at(now))
+    }
     /// The state.
     pub fn state(&self) -> State {
         match self.state.load(Ordering::Relaxed) {
@@ -615,6 +620,8 @@ struct Shared {
     config: CacheConfig,
     min_token_validity: Duration,
     account_id: Option<Arc<str>>,
+    /// The role of callers that name none (`cognito.custom_role_arn`).
+    default_role: Option<Arc<str>>,
     clock: SharedClock,
     metrics: Metrics,
     queue: Mutex<BTreeMap<(tokio::time::Instant, u64), Weak<Identity>>>,
@@ -631,12 +638,13 @@ impl fmt::Debug for IdentityCache {
 }
 
 impl IdentityCache {
-    /// Creates an empty cache.
+    /// An empty cache. `account_id` and `default_role` come from `[cognito]`: the first goes
+    /// into every credential set, the second is the role of callers that name none.
     pub fn new(
         exchanger: Exchanger,
         config: &CacheConfig,
+        cognito: &CognitoConfig,
         min_token_validity: Duration,
-        account_id: Option<&str>,
         clock: SharedClock,
         metrics: Metrics,
     ) -> Self {
@@ -656,7 +664,8 @@ impl IdentityCache {
                 policy: Policy::from_config(config),
                 config: config.clone(),
                 min_token_validity,
-                account_id: account_id.map(Into::into),
+                account_id: cognito.account_id.as_deref().map(Into::into),
+                default_role: cognito.custom_role_arn.as_deref().map(Into::into),
                 clock,
                 metrics,
                 queue: Mutex::new(BTreeMap::new()),
@@ -666,14 +675,30 @@ impl IdentityCache {
         }
     }
 
-    /// The key for a verified token and optional role.
+    /// The key for a verified token and the role asked for (`None`: the default role,
+    /// `cognito.custom_role_arn`). The only place the default is applied.
     pub fn key_for(&self, token: &VerifiedToken, role: Option<&str>) -> IdentityKey {
         IdentityKey {
             pool: self.shared.exchanger.identity_pool_id().clone(),
             issuer: token.provider.issuer().clone(),
             subject: token.subject.clone(),
-            role: role.map(Into::into),
+            role: match role {
+                Some(r) => Some(r.into()),
+                None => self.shared.default_role.clone(),
+            },
         }
+    }
+
+    /// The role credentials are obtained for when `asked` is asked for (the default when none
+    /// is), as [`IdentityCache::key_for`] puts it in the key.
+    pub fn role<'a>(&'a self, asked: Option<&'a str>) -> Option<&'a str> {
+        asked.or(self.shared.default_role.as_deref())
+    }
+
+    /// The entry's credentials if they are servable now (counted as a cache hit), else `None`:
+    /// the one answer to "serve from cache or exchange?".
+    pub fn servable(&self, entry: &Identity) -> Option<Arc<Issued>> {
+        self.shared.servable(entry)
     }
 
     /// Credentials for the identity `token` proves, from cache when servable.
@@ -732,14 +757,10 @@ impl IdentityCache {
         token: &Arc<VerifiedToken>,
     ) -> Result<Arc<Issued>, FetchError> {
         let s = &self.shared;
-        let now = s.clock.now();
-        if let Some(current) = entry.current.load_full()
-            && current.servable_at(now)
-        {
-            s.metrics.hot.cache_hit.inc();
+        if let Some(current) = s.servable(entry) {
             return Ok(current);
         }
-        if let Some(err) = s.remembered_failure(entry, token, now) {
+        if let Some(err) = s.remembered_failure(entry, token, s.clock.now()) {
             s.metrics
                 .cache_lookups
                 .with_label_values(&["negative"])
@@ -885,6 +906,12 @@ fn signed_secs(t: SystemTime, now: SystemTime) -> f64 {
 }
 
 impl Shared {
+    fn servable(&self, entry: &Identity) -> Option<Arc<Issued>> {
+        let current = entry.servable_at(self.clock.now())?;
+        self.metrics.hot.cache_hit.inc();
+        Some(current)
+    }
+
     fn evict(&self, key: &IdentityKey, cause: EvictionCause) -> bool {
         let Some(entry) = self.cache.remove(key) else {
             return false;
@@ -935,13 +962,9 @@ impl Shared {
         reuse_servable: bool,
     ) -> Inflight {
         let mut slot = lock(&entry.inflight);
-        if reuse_servable
-            && let Some(current) = entry.current.load_full()
-            && current.servable_at(self.clock.now())
-        {
+        if reuse_servable && let Some(current) = self.servable(entry) {
             // An exchange finished between the caller's cache check and this lock (exchanges
             // publish before they release the slot): use it rather than start a second one.
-            self.metrics.hot.cache_hit.inc();
             let ready: BoxFuture<'static, Result<Arc<Issued>, FetchError>> =
                 Box::pin(std::future::ready(Ok(current)));
             return ready.shared();

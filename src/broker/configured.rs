@@ -30,7 +30,8 @@ const MIN_EARLY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 pub struct ConfiguredIdentity {
     /// `[identities.<name>]`.
     pub name: String,
-    /// Its `CustomRoleArn` (`role`, else `cognito.custom_role_arn`).
+    /// Its `role` as configured: the `CustomRoleArn` asked for, `None` for the identity
+    /// cache's default (`cognito.custom_role_arn`).
     pub role: Option<Arc<str>>,
     status: watch::Receiver<Status>,
 }
@@ -141,8 +142,21 @@ impl ConfiguredIdentity {
 
     /// Credentials for this identity on `surface`, with at least `min_remaining` left when a
     /// refresh can provide that (at most one early refresh per identity per minute, and only
-    /// when Cognito's lifetimes are long enough for it to help).
+    /// when Cognito's lifetimes are long enough for it to help). Waits up to `wait` for a
+    /// starting source; the whole call ends within the broker's deadline.
     pub async fn credentials(
+        &self,
+        broker: &Broker,
+        surface: Surface,
+        min_remaining: Duration,
+        wait: Duration,
+    ) -> Result<Arc<Issued>, IdentityError> {
+        broker
+            .within_deadline(self.serve(broker, surface, min_remaining, wait))
+            .await
+    }
+
+    async fn serve(
         &self,
         broker: &Broker,
         surface: Surface,
@@ -153,11 +167,10 @@ impl ConfiguredIdentity {
             .newest(broker.clock(), wait)
             .await
             .map_err(IdentityError::Source)?;
-        let role = self.role.as_deref().or(broker.default_role());
-        let entry = broker.identities.entry(&token, role);
-        let now = broker.clock().now();
+        let entry = broker.identities.entry(&token, self.role.as_deref());
         // Cached credentials stay servable while the source is failing (an IdP outage).
-        if let Some(current) = entry.current().filter(|c| c.servable_at(now)) {
+        if let Some(current) = broker.identities.servable(&entry) {
+            let now = broker.clock().now();
             let left = clock::saturating_sub(current.expires_at, now);
             let lifetime = clock::saturating_sub(current.expires_at, current.obtained_at);
             let age = clock::saturating_sub(now, current.obtained_at);
@@ -173,16 +186,29 @@ impl ConfiguredIdentity {
             } else {
                 current
             };
-            broker.metrics.hot.cache_hit.inc();
             broker.handed_out(surface, &token, &issued);
             return Ok(issued);
         }
         if let Some(why) = unusable {
             return Err(IdentityError::Source(why));
         }
-        Ok(broker
-            .credentials_for_token(&token, self.role.as_deref(), surface)
-            .await?)
+        Ok(broker.serve(&token, self.role.as_deref(), surface).await?)
+    }
+}
+
+impl Broker {
+    /// Credentials for a configured identity on `surface` (IMDS), with at least
+    /// `min_remaining` left when a refresh can provide that, within the request deadline (which
+    /// is also how long a starting source is waited for).
+    pub async fn configured_credentials(
+        &self,
+        identity: &ConfiguredIdentity,
+        surface: Surface,
+        min_remaining: Duration,
+    ) -> Result<Arc<Issued>, IdentityError> {
+        identity
+            .credentials(self, surface, min_remaining, self.request_timeout)
+            .await
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use super::BrokerError;
 use super::configured::IdentityError;
+use crate::appsync::forward::ForwardError;
+use crate::appsync::operations::OperationError;
 use crate::cognito::ErrorKind;
 use crate::identity::FetchError;
 use crate::sessions::SessionError;
@@ -43,12 +45,7 @@ impl BrokerError {
                     retry_after: retry,
                 }
             }
-            Self::Session(e) => ErrorReply {
-                status: e.status(),
-                code: e.code(),
-                message: e.to_string(),
-                retry_after: matches!(e, SessionError::TooMany { .. }).then_some(1),
-            },
+            Self::Session(e) => session(e),
             Self::Busy => ErrorReply {
                 status: 429,
                 code: "TooManyRequests",
@@ -166,6 +163,25 @@ pub fn hint(
     })
 }
 
+/// The client-facing form of a session failure.
+pub(super) fn session(e: &SessionError) -> ErrorReply {
+    let status = match e {
+        SessionError::Invalid
+        | SessionError::Expired(_)
+        | SessionError::ReloginRequired
+        | SessionError::RefreshFailed(_) => 401,
+        SessionError::TooMany { .. } => 429,
+        SessionError::IdentityMismatch | SessionError::RefreshTokenMismatch => 403,
+        SessionError::RefreshTokenUnsupported | SessionError::InvalidClientId { .. } => 400,
+    };
+    ErrorReply {
+        status,
+        code: e.code(),
+        message: e.to_string(),
+        retry_after: matches!(e, SessionError::TooMany { .. }).then_some(1),
+    }
+}
+
 /// The client-facing form of a source failure of the identity `identity`.
 fn source(e: &SourceError, identity: &str) -> ErrorReply {
     let (status, code, retry_after) = match e.kind {
@@ -190,6 +206,28 @@ impl IdentityError {
         match self {
             Self::Source(e) => source(e, identity),
             Self::Broker(e) => e.reply(),
+        }
+    }
+}
+
+impl ForwardError {
+    /// The client-facing form.
+    pub fn reply(&self) -> ErrorReply {
+        let (status, code, retry_after) = match self {
+            Self::TokenExpiringSoon { .. } => (401, "TokenExpiringSoon", None),
+            Self::Operation(OperationError::NotAllowed { .. }) => {
+                (403, "OperationNotAllowed", None)
+            }
+            Self::Operation(_) => (400, "MalformedRequest", None),
+            Self::Signing(_) => (500, "SigningFailed", None),
+            Self::Timeout(_) => (504, "UpstreamTimeout", Some(1)),
+            Self::Unreachable(_) => (502, "UpstreamUnavailable", Some(1)),
+        };
+        ErrorReply {
+            status,
+            code,
+            message: self.to_string(),
+            retry_after,
         }
     }
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Broker, BrokerError, subject_hash};
+use super::{Broker, BrokerError, audit, reply, subject_hash};
 use crate::clock::{self, SharedClock};
 use crate::config::ClientAuth;
 use crate::identity::{EvictionCause, IdentityCache, Issued};
@@ -102,38 +102,32 @@ impl fmt::Debug for SessionRefresh {
 struct Release {
     sessions: SessionStore,
     identities: IdentityCache,
-    default_role: Option<Arc<str>>,
 }
 
 impl Release {
     /// Evicts the session's identity unless another live session holds it. Returns whether it
     /// was evicted.
     fn identity(&self, session: &Session) -> bool {
-        let default_role = self.default_role.as_deref();
-        let others = self.sessions.count_for(
-            &session.issuer,
-            &session.subject,
-            session.role.as_deref(),
-            default_role,
-        );
+        let role = self.identities.role(session.role.as_deref());
+        let others = self.sessions.count_live(|s| {
+            s.issuer == session.issuer
+                && s.subject == session.subject
+                && self.identities.role(s.role.as_deref()) == role
+        });
         if others > 0 {
             return false;
         }
         let key = self
             .identities
-            .key_for(&session.token(), session.role.as_deref().or(default_role));
+            .key_for(&session.token(), session.role.as_deref());
         self.identities.evict(&key, EvictionCause::Revoked)
     }
 
     /// Ends a session early because its refresh token failed.
     fn end(&self, session: &Session, why: SessionError) {
-        if self.sessions.end(session, why.clone()) {
-            tracing::warn!(
-                target: "credbroker::audit",
-                subject_hash = %subject_hash(&session.issuer, &session.subject),
-                code = why.code(),
-                "session ended: its refresh token can no longer be redeemed"
-            );
+        let code = reply::session(&why).code;
+        if self.sessions.end(session, why) {
+            audit::session_ended(session, code);
             self.identity(session);
         }
     }
@@ -162,7 +156,7 @@ impl Drop for Pending {
 
 /// Runs a refresh-token session's driver until the session is revoked, ends or expires, or
 /// credbroker shuts down, following the driver's tokens into the session.
-async fn keep_alive(
+async fn follow(
     release: Release,
     session: Arc<Session>,
     driver: SourceDriver,
@@ -217,7 +211,6 @@ impl Broker {
         Release {
             sessions: self.sessions.clone(),
             identities: self.identities.clone(),
-            default_role: self.default_role().map(Into::into),
         }
     }
 
@@ -231,7 +224,17 @@ impl Broker {
         refresh: Option<RefreshLogin>,
         role: Option<&str>,
     ) -> Result<Created, BrokerError> {
-        let keeper = match (&refresh, self.session_refresh()) {
+        self.within_deadline(self.open_session(raw_id_token, refresh, role))
+            .await
+    }
+
+    async fn open_session(
+        &self,
+        raw_id_token: &str,
+        refresh: Option<RefreshLogin>,
+        role: Option<&str>,
+    ) -> Result<Created, BrokerError> {
+        let keeper = match (&refresh, self.session_refresh.as_ref()) {
             (Some(_), None) => return Err(SessionError::RefreshTokenUnsupported.into()),
             (_, keeper) => keeper,
         };
@@ -250,69 +253,17 @@ impl Broker {
             sessions: self.sessions.clone(),
             session: Some(session.clone()),
         };
-        let subject_hash = subject_hash(&token.provider.config.issuer, &token.subject);
         if let (Some(login), Some(client_id), Some(keeper)) = (refresh, client_id, keeper) {
-            let source = RefreshTokenSource::new(
-                keeper.endpoint.clone(),
-                client_id,
-                None,
-                ClientAuth::Post,
-                Arc::new(MemoryStore::new(login.refresh_token)),
-                keeper.refresh_fraction,
-            );
-            let driver = SourceDriver::new(
-                format!("session {subject_hash}"),
-                Arc::new(source),
-                token.provider.clone(),
-                self.validator.clone(),
-                self.identities.clone(),
-                role.or(self.default_role()),
-                self.clock().clone(),
-                keeper.keepalive,
-            )
-            .for_user(&session.issuer, &session.subject);
-            let mut status = driver.subscribe();
-            keeper.tasks.spawn(keep_alive(
-                self.release(),
-                session.clone(),
-                driver,
-                self.clock().clone(),
-                keeper.stop.child_token(),
-            ));
-            let attempted = tokio::time::timeout(
-                keeper.first_redemption_wait,
-                status.wait_for(|s| s.attempted),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-            let problem = status.borrow().problem.clone();
-            match (attempted, problem) {
-                (true, Some(p)) if p.kind != SourceErrorKind::Transient => {
-                    tracing::info!(
-                        subject_hash = %subject_hash,
-                        error = %p,
-                        "session refused: its refresh token could not be redeemed"
-                    );
-                    return Err(ended_by(&p).into());
-                }
-                (true, None) => {}
-                _ => tracing::info!(
-                    subject_hash = %subject_hash,
-                    "the session's first refresh-token redemption did not succeed yet; retrying \
-                     in the background"
-                ),
-            }
+            self.keep_alive(keeper, &session, &token, login, client_id)
+                .await?;
         }
         pending.disarm();
         let expires_at = session.expires_at();
-        tracing::info!(
-            target: "credbroker::audit",
-            provider = %token.provider.config.name,
-            subject_hash = %subject_hash,
-            identity_id = %issued.identity_id(),
-            refresh_token = kind == SessionKind::RefreshToken,
-            expires_at = %clock::format_aws_timestamp(expires_at),
-            "session created"
+        audit::session_created(
+            &token,
+            &issued,
+            kind == SessionKind::RefreshToken,
+            expires_at,
         );
         Ok(Created {
             handle,
@@ -322,6 +273,71 @@ impl Broker {
         })
     }
 
+    /// Starts the driver that keeps a refresh-token session alive and waits (up to
+    /// [`SessionRefresh::first_redemption_wait`]) for its first redemption: a terminal failure
+    /// refuses the session, a slow or transient one is retried in the background.
+    async fn keep_alive(
+        &self,
+        keeper: &SessionRefresh,
+        session: &Arc<Session>,
+        token: &Arc<VerifiedToken>,
+        login: RefreshLogin,
+        client_id: String,
+    ) -> Result<(), BrokerError> {
+        let subject_hash = subject_hash(&token.provider.config.issuer, &token.subject);
+        let source = RefreshTokenSource::new(
+            keeper.endpoint.clone(),
+            client_id,
+            None,
+            ClientAuth::Post,
+            Arc::new(MemoryStore::new(login.refresh_token)),
+            keeper.refresh_fraction,
+        );
+        let driver = SourceDriver::new(
+            format!("session {subject_hash}"),
+            Arc::new(source),
+            token.provider.clone(),
+            self.validator.clone(),
+            self.identities.clone(),
+            session.role.as_deref(),
+            self.clock.clone(),
+            keeper.keepalive,
+        )
+        .for_user(&session.issuer, &session.subject);
+        let mut status = driver.subscribe();
+        keeper.tasks.spawn(follow(
+            self.release(),
+            session.clone(),
+            driver,
+            self.clock.clone(),
+            keeper.stop.child_token(),
+        ));
+        let attempted = tokio::time::timeout(
+            keeper.first_redemption_wait,
+            status.wait_for(|s| s.attempted),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        let problem = status.borrow().problem.clone();
+        match (attempted, problem) {
+            (true, Some(p)) if p.kind != SourceErrorKind::Transient => {
+                tracing::info!(
+                    subject_hash = %subject_hash,
+                    error = %p,
+                    "session refused: its refresh token could not be redeemed"
+                );
+                return Err(ended_by(&p).into());
+            }
+            (true, None) => {}
+            _ => tracing::info!(
+                subject_hash = %subject_hash,
+                "the session's first refresh-token redemption did not succeed yet; retrying \
+                 in the background"
+            ),
+        }
+        Ok(())
+    }
+
     /// Gives a session a newer ID token for the same user; returns the session's new expiry.
     /// The token is also offered to the identity, so background refresh uses it.
     pub async fn update_session(
@@ -329,26 +345,22 @@ impl Broker {
         handle: &str,
         raw_id_token: &str,
     ) -> Result<SystemTime, BrokerError> {
-        // An unknown session is reported before the token is looked at.
-        self.sessions.get(handle)?;
-        let token = self.validator.validate(raw_id_token).await?;
-        let (session, expires_at) = self.sessions.update_token(handle, &token)?;
-        self.identities
-            .entry(&token, session.role.as_deref().or(self.default_role()));
-        Ok(expires_at)
+        self.within_deadline(async {
+            // An unknown session is reported before the token is looked at.
+            self.sessions.get(handle)?;
+            let token = self.validator.validate(raw_id_token).await?;
+            let (session, expires_at) = self.sessions.update_token(handle, &token)?;
+            self.identities.entry(&token, session.role.as_deref());
+            Ok(expires_at)
+        })
+        .await
     }
 
     /// Ends a session (see the policy above), and with it its refresh-token redemptions.
     /// Returns whether the identity was evicted.
     pub fn revoke_session(&self, handle: &str) -> Result<bool, BrokerError> {
         let session = self.sessions.revoke(handle)?;
-        let token = session.token();
-        tracing::info!(
-            target: "credbroker::audit",
-            provider = %token.provider.config.name,
-            subject_hash = %subject_hash(&session.issuer, &session.subject),
-            "session revoked"
-        );
+        audit::session_revoked(&session);
         Ok(self.release().identity(&session))
     }
 }
@@ -396,7 +408,8 @@ mod tests {
             "client"
         );
         let e = client_id_for(&token, Some("other-app")).expect_err("not accepted");
-        assert_eq!((e.code(), e.status()), ("InvalidClientId", 400));
+        let r = super::reply::session(&e);
+        assert_eq!((r.code, r.status), ("InvalidClientId", 400));
         assert!(e.to_string().contains("providers.test.audiences"), "{e}");
     }
 }

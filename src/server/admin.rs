@@ -202,8 +202,8 @@ mod tests {
                 metrics.clone(),
             ),
             &config.cache,
+            &config.cognito,
             config.tokens.min_token_validity,
-            None,
             clock.clone(),
             metrics.clone(),
         );
@@ -217,7 +217,13 @@ mod tests {
             clock.clone(),
             metrics.clone(),
         ));
-        let broker = Arc::new(Broker::new(validator, identities, metrics, clock, 16, None));
+        let broker = Arc::new(Broker::new(
+            validator,
+            identities,
+            metrics,
+            clock,
+            crate::broker::Settings::from_config(&config.server),
+        ));
         (router(broker, readiness.clone()), readiness, fake)
     }
 

@@ -166,8 +166,9 @@ pub struct SourceDriver {
 }
 
 impl SourceDriver {
-    /// A driver for `source`; `role` is the effective `CustomRoleArn`; `keepalive` how often the
-    /// identity is touched in the cache (half of `cache.idle_timeout`).
+    /// A driver for `source`; `role` is the `CustomRoleArn` asked for (`None`: the identity
+    /// cache's default); `keepalive` how often the identity is touched in the cache (half of
+    /// `cache.idle_timeout`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: impl Into<String>,

@@ -566,11 +566,11 @@ fn setting_env_vars(env: &[(String, String)]) -> Result<config::Map<String, Stri
                 ),
             }),
             None => {
-                if let Some(section) = SECTIONS
-                    .iter()
-                    .find(|s| lower.strip_prefix(**s).is_some_and(|k| k.starts_with('_')))
-                {
-                    let key = &rest[section.len() + 1..];
+                if let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+                    lower.strip_prefix(*s)?.strip_prefix('_')?;
+                    // `lower` is `rest` with ASCII letters lowered: the same byte offsets.
+                    Some((*s, rest.get(s.len() + 1..)?))
+                }) {
                     errors.push(ConfigError {
                         path: name.clone(),
                         message: format!(
@@ -1056,13 +1056,15 @@ fn build_cognito(s: &Section<'_>) -> Option<CognitoConfig> {
 
 fn is_region(r: &str) -> bool {
     let parts: Vec<&str> = r.split('-').collect();
+    let Some((last, words)) = parts.split_last() else {
+        return false;
+    };
     parts.len() >= 3
-        && parts[..parts.len() - 1]
+        && words
             .iter()
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && parts
-            .last()
-            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn is_uuid(u: &str) -> bool {
@@ -1076,13 +1078,15 @@ fn is_uuid(u: &str) -> bool {
 
 pub(crate) fn is_role_arn(arn: &str) -> bool {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    parts.len() == 6
-        && parts[0] == "arn"
-        && parts[1].starts_with("aws")
-        && parts[2] == "iam"
-        && parts[4].len() == 12
-        && parts[4].bytes().all(|b| b.is_ascii_digit())
-        && parts[5]
+    let [arn, partition, service, _region, account, resource] = parts.as_slice() else {
+        return false;
+    };
+    *arn == "arn"
+        && partition.starts_with("aws")
+        && *service == "iam"
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource
             .strip_prefix("role/")
             .is_some_and(|n| !n.is_empty())
 }
@@ -1232,9 +1236,9 @@ fn build_appsync(s: &Section<'_>) -> Option<AppSyncConfig> {
         );
         ok = false;
     }
-    if apis.len() == 1 {
+    if let [only] = apis.as_mut_slice() {
         // A single API is the default: `/appsync/graphql` needs no extra setting.
-        apis[0].default = true;
+        only.default = true;
     }
     let config = AppSyncConfig {
         apis,
@@ -1753,13 +1757,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 "{text:?} is not a duration like \"90s\", \"20m\" or \"1h30m\""
             ));
         }
-        let n: u64 = rest[..digits]
+        // Both counts are of ASCII bytes, so both splits fall on character boundaries.
+        let (number, after) = rest.split_at_checked(digits).unwrap_or((rest, ""));
+        let n: u64 = number
             .parse()
             .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
+        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, after) = after.split_at_checked(unit_len).unwrap_or((after, ""));
+        rest = after;
         let part = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -2116,16 +2121,19 @@ fn similar(a: &str, b: &str) -> bool {
     if a.len().abs_diff(b.len()) > 2 {
         return false;
     }
+    // Levenshtein distance, one row at a time: `row[j]` is the distance between the prefix of
+    // `a` read so far and `b[..j]`.
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        let mut cur = Vec::with_capacity(b.len() + 1);
+        cur.push(i + 1);
+        for ((cb, diag), up) in b.iter().zip(&prev).zip(prev.iter().skip(1)) {
+            let left = cur.last().copied().unwrap_or(usize::MAX);
+            cur.push((diag + usize::from(ca != cb)).min(up + 1).min(left + 1));
         }
         prev = cur;
     }
-    prev[b.len()] <= 2
+    prev.last().is_some_and(|d| *d <= 2)
 }
 
 #[cfg(test)]
@@ -2275,6 +2283,7 @@ mod tests {
         sources.env = vec![
             ("CREDBROKER_SERVER_LISTEN".into(), "127.0.0.1:9100".into()),
             ("CREDBROKER_SERVR__LISTEN".into(), "127.0.0.1:9100".into()),
+            ("CREDBROKER_Tokens_Leeway_é".into(), "1s".into()),
         ];
         let errors = errors_of(&sources).join("\n");
         assert!(
@@ -2284,6 +2293,11 @@ mod tests {
         );
         assert!(
             errors.contains("CREDBROKER_SERVR__LISTEN: environment setting for unknown section"),
+            "{errors}"
+        );
+        // The suggestion keeps the key as written (mixed case, non-ASCII included).
+        assert!(
+            errors.contains("did you mean CREDBROKER_TOKENS__Leeway_é?"),
             "{errors}"
         );
     }
@@ -2383,6 +2397,22 @@ mod tests {
         assert!(parse_duration("10 minutes").is_err());
         assert!(parse_duration("10").is_ok());
         assert!(parse_duration("").is_err());
+        // Non-ASCII after the digits or inside the unit is refused, never sliced through.
+        assert!(
+            parse_duration("5é")
+                .expect_err("no unit")
+                .contains("a unit")
+        );
+        assert!(
+            parse_duration("5mé")
+                .expect_err("not a unit")
+                .contains("not a duration")
+        );
+        assert!(
+            parse_duration("é5s")
+                .expect_err("not a number")
+                .contains("not a duration")
+        );
         assert_eq!(fmt_duration(Duration::from_secs(1200)), "20m");
         assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");
     }
@@ -2626,6 +2656,17 @@ mod tests {
         assert!(!is_uuid("0f1e2d3c4b5a46978877665544332211"));
         assert!(is_role_arn("arn:aws:iam::123456789012:role/app-users"));
         assert!(!is_role_arn("arn:aws:iam::123:role/x"));
+        assert!(!is_role_arn("arn:aws:iam::123456789012:role/") && !is_role_arn("arn:aws:iam"));
+        assert!(is_role_arn("arn:aws-cn:iam::123456789012:role/path/é"));
+        assert!(!is_region("") && !is_region("us-east-") && !is_region("ü-east-1"));
+    }
+
+    #[test]
+    fn similar_allows_two_edits_of_any_characters() {
+        assert!(similar("listen", "listen") && similar("listen", "lisen"));
+        assert!(similar("listen", "listne") && similar("région", "region"));
+        assert!(!similar("listen", "audience") && !similar("ab", "abcde"));
+        assert!(similar("", "ab") && !similar("", "abc"));
     }
 
     #[test]

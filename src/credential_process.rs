@@ -129,8 +129,8 @@ impl ProcessCredentials {
             "SessionToken": self.session_token.expose_str(),
             "Expiration": self.expiration,
         });
-        if let Some(account) = &self.account_id {
-            json["AccountId"] = serde_json::Value::from(account.as_str());
+        if let (Some(account), Some(fields)) = (&self.account_id, json.as_object_mut()) {
+            fields.insert("AccountId".to_owned(), account.as_str().into());
         }
         json.to_string()
     }

@@ -280,7 +280,10 @@ impl Issued {
     }
 
     fn slice(&self, r: &Range<usize>) -> &str {
-        std::str::from_utf8(&self.body[r.clone()]).unwrap_or_default()
+        self.body
+            .get(r.clone())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
     }
 
     /// The Cognito identity id.

@@ -35,6 +35,10 @@
 //! `emulators` cargo feature (on by default), which compiles [`demo`] and [`emulated`] (the
 //! emulators as in-process upstreams); the production build is `--no-default-features`.
 
+// No panics on the request path (issue 16): neither slicing a string at a byte offset that may
+// fall inside a character nor indexing that may be out of bounds, in all non-test code.
+#![cfg_attr(not(test), warn(clippy::string_slice, clippy::indexing_slicing))]
+
 pub mod app;
 pub mod appsync;
 pub mod broker;

@@ -1,6 +1,8 @@
 //! The `credbroker` binary: parse the command line, load configuration (exit 64 with every
 //! problem listed), install logging, run. Everything else lives in the library.
 
+#![warn(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -886,12 +886,12 @@ fn parse(raw: &str) -> Result<Parsed<'_>, TokenError> {
                 .to_owned(),
         ));
     }
-    if segments.len() != 3 {
+    let [header_b64, claims_b64, signature_b64] = segments.as_slice() else {
         return Err(TokenError::Malformed(
             "expected three base64url segments separated by '.' (header.payload.signature)"
                 .to_owned(),
         ));
-    }
+    };
     let decode_json =
         |part: &str, what: &str| -> Result<serde_json::Map<String, Value>, TokenError> {
             let bytes = B64
@@ -904,10 +904,10 @@ fn parse(raw: &str) -> Result<Parsed<'_>, TokenError> {
                 ))),
             }
         };
-    let header = decode_json(segments[0], "header")?;
-    let claims = decode_json(segments[1], "payload")?;
+    let header = decode_json(header_b64, "header")?;
+    let claims = decode_json(claims_b64, "payload")?;
     let signature = B64
-        .decode(segments[2])
+        .decode(signature_b64)
         .map_err(|_| TokenError::Malformed("the signature is not base64url".to_owned()))?;
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a.clone(),
@@ -931,13 +931,14 @@ fn parse(raw: &str) -> Result<Parsed<'_>, TokenError> {
             "critical header parameters (\"crit\") are not supported".to_owned(),
         ));
     }
-    let signing_input_len = segments[0].len() + 1 + segments[1].len();
+    // header '.' payload: everything before the last '.' (there are exactly two).
+    let signing_input = raw.rsplit_once('.').map_or(raw, |(input, _)| input);
     Ok(Parsed {
         alg,
         kid,
         typ,
         claims,
-        signing_input: &raw[..signing_input_len],
+        signing_input,
         signature,
     })
 }

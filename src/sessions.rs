@@ -51,10 +51,10 @@ pub const HANDLE_LEN: usize = HANDLE_PREFIX.len() + 43;
 /// Whether `value` has the shape of a session handle (not whether it is a live one).
 pub fn is_handle(value: &str) -> bool {
     value.len() == HANDLE_LEN
-        && value.starts_with(HANDLE_PREFIX)
-        && value[HANDLE_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && value.strip_prefix(HANDLE_PREFIX).is_some_and(|rest| {
+            rest.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn digest(handle: &str) -> [u8; 32] {

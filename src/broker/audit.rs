@@ -76,8 +76,9 @@ pub fn subject_hash(issuer: &str, subject: &str) -> String {
     h.update(issuer.as_bytes());
     h.update([0]);
     h.update(subject.as_bytes());
-    h.finalize()[..8]
+    h.finalize()
         .iter()
+        .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
 }

@@ -58,9 +58,9 @@ impl Interceptor for Auth {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
-                v.get(..7)
-                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
-                    .map(|_| v[7..].trim())
+                v.split_at_checked(7)
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer "))
+                    .map(|(_, token)| token.trim())
             });
         match presented {
             Some(t) if self.token.ct_eq(t) => Ok(request),

@@ -222,13 +222,10 @@ impl ClassifyMessage for serde_json::Error {
     /// never values, except for `invalid type: string "..."`, which is cut off here.
     fn classify_message(&self) -> String {
         let text = self.to_string();
-        match text.find(": string \"") {
-            Some(i) => format!(
-                "{} (line {}, column {})",
-                &text[..i],
-                self.line(),
-                self.column()
-            ),
+        match text.split_once(": string \"") {
+            Some((kept, _quoted)) => {
+                format!("{kept} (line {}, column {})", self.line(), self.column())
+            }
             None => text,
         }
     }

@@ -23,19 +23,18 @@ const MAX_FILE_LINES: usize = 1000;
 /// Longest function, in lines of code.
 const MAX_FN_LINES: usize = 80;
 
-/// Size debt: files (`"config.rs"`) and functions (`"app.rs start"`) over the limits today,
+/// Size debt: files (`"oidc.rs"`) and functions (`"app.rs start"`) over the limits today,
 /// each to be split by issue 14's remaining moves. The list may only shrink: an entry that is no
 /// longer over its limit fails the test until it is removed. It covers sizes only; no import
 /// is ever excused.
 const SIZE_DEBT: &[&str] = &[
-    "config.rs",
     "oidc.rs",
     "identity.rs",
     "app.rs start",
-    "config.rs build_provider",
-    "config.rs build_cognito",
-    "config.rs build_appsync_api",
-    "config.rs build_identity",
+    "config/providers.rs build_provider",
+    "config/cognito.rs build_cognito",
+    "config/appsync.rs build_appsync_api",
+    "config/identities.rs build_identity",
     "config/grpc.rs build_grpc",
     "credential_process.rs fetch",
     "identity.rs exchange",

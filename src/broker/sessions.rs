@@ -322,6 +322,7 @@ impl Broker {
         match (attempted, problem) {
             (true, Some(p)) if p.kind != SourceErrorKind::Transient => {
                 tracing::info!(
+                    target: "credbroker::sessions",
                     subject_hash = %subject_hash,
                     error = %p,
                     "session refused: its refresh token could not be redeemed"
@@ -330,6 +331,7 @@ impl Broker {
             }
             (true, None) => {}
             _ => tracing::info!(
+                target: "credbroker::sessions",
                 subject_hash = %subject_hash,
                 "the session's first refresh-token redemption did not succeed yet; retrying \
                  in the background"

@@ -23,12 +23,11 @@ const MAX_FILE_LINES: usize = 1000;
 /// Longest function, in lines of code.
 const MAX_FN_LINES: usize = 80;
 
-/// Size debt: files (`"oidc.rs"`) and functions (`"app.rs start"`) over the limits today,
+/// Size debt: files (`"config.rs"`) and functions (`"app.rs start"`) over the limits today,
 /// each to be split by issue 14's remaining moves. The list may only shrink: an entry that is no
 /// longer over its limit fails the test until it is removed. It covers sizes only; no import
 /// is ever excused.
 const SIZE_DEBT: &[&str] = &[
-    "oidc.rs",
     "app.rs start",
     "config/providers.rs build_provider",
     "config/cognito.rs build_cognito",
@@ -39,8 +38,8 @@ const SIZE_DEBT: &[&str] = &[
     "identity/exchange.rs exchange",
     "main.rs main",
     "metrics.rs new",
-    "oidc.rs fetch_keys",
-    "oidc.rs check_signature",
+    "oidc/provider.rs fetch_keys",
+    "oidc/validate.rs check_signature",
     "server/appsync.rs handle",
     "grpc/mod.rs start",
     "doctor/appsync.rs check",

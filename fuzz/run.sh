@@ -69,7 +69,7 @@ summary=()
 failed=0
 for t in "${targets[@]}"; do
     mkdir -p "corpus-work/$t" "artifacts/$t" "corpus/$t"
-    before=$(find "artifacts/$t" -type f | wc -l)
+    before=$(find "artifacts/$t" -type f ! -name 'last-run.log' | wc -l)
     log="artifacts/$t/last-run.log"
     started=$(date +%s)
     set +e

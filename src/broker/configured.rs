@@ -6,7 +6,7 @@
 //! Promises:
 //! - cached credentials stay servable while the identity's source is failing (an IdP outage);
 //! - a caller that asks for more time left than `cache.min_remaining` (IMDS) gets at most one
-//!   early refresh per identity per minute, and only when Cognito's lifetimes are long enough
+//!   early renewal per identity per minute, and only when Cognito's lifetimes are long enough
 //!   for it to help;
 //! - a refresh token that needs a new login is an error even while the last ID token is valid.
 

@@ -1,39 +1,43 @@
 //! The identity cache: one entry per (pool, issuer, subject, role), never per token.
 //!
 //! Owns: cached credentials per identity ([`Issued`]), the single-flight exchange with Cognito,
-//! the newest ID token per identity (for background refresh), failure memory, idle eviction
-//! and the refresh [`scheduler`](IdentityCache::run_scheduler).
+//! the newest ID token per identity (for background renewal), failure memory, idle eviction
+//! and the renewal [`scheduler`](IdentityCache::run_scheduler).
 //!
 //! Promises:
 //! - **single-flight**: concurrent requests for an identity with nothing usable cached share one
 //!   exchange (one GetId for the identity's lifetime in the cache, one GetCredentialsForIdentity
-//!   per refresh); the exchange runs as its own task, so callers that give up do not cancel it;
+//!   per renewal); the exchange runs as its own task, so callers that give up do not cancel it;
 //! - **never below `min_remaining`**: credentials are served only while at least the effective
 //!   `min_remaining` is left; for short upstream lifetimes every threshold scales to a fraction of
 //!   the lifetime (when `refresh_ahead` exceeds half the lifetime, all thresholds shrink by the
-//!   same factor), and a refresh that does not extend the expiry backs off instead of looping;
-//! - **refresh ahead**: a background refresh is scheduled at `refresh_ahead` before expiry minus
+//!   same factor), and a renewal that does not extend the expiry backs off instead of looping;
+//! - **renew ahead**: a background renewal is scheduled at `refresh_ahead` before expiry minus
 //!   a jitter, rate-limited to `cache.refresh_rate` per second with at most
 //!   `cache.refresh_concurrency` in flight, using the newest ID token seen for the identity; once
 //!   that token is about to expire the identity waits for the next caller's token;
-//! - **failures**: a failed refresh keeps serving the previous credentials while they are
+//! - **failures**: a failed renewal keeps serving the previous credentials while they are
 //!   servable, and never serves expired ones; a terminal refusal is remembered per token for
 //!   `cache.negative_ttl`, transient failures back off up to `cache.failure_backoff_max`, so a
 //!   broken identity cannot make credbroker hammer Cognito;
-//! - **refresh follows use**: a background refresh replaces a credential set only if the set
+//! - **renewal follows use**: a background renewal replaces a credential set only if the set
 //!   was used — asked for since it was issued (the on-demand set counts as asked: its caller got
 //!   it) — or the identity is in use by definition: watched (a gRPC `WatchCredentials` stream)
 //!   or held ([`IdentityCache::hold`]: configured identities and refresh-token sessions). An
-//!   identity nobody asks for costs at most one refresh after its last use, whatever the
+//!   identity nobody asks for costs at most one renewal after its last use, whatever the
 //!   credential lifetime (moto's 90 s would otherwise cost ~70 calls an hour until
 //!   `idle_timeout`). SDKs cache credentials and ask again only shortly before the set they hold
 //!   expires, which is never later than its successor's `refresh_at` (thresholds keep
 //!   `refresh_ahead` within half the lifetime), so a caller that keeps asking finds fresh
-//!   credentials. A set that was not refreshed is still served while servable; the first ask
-//!   after its `refresh_at` starts the refresh at once;
-//! - **idle eviction**: an identity without callers for `cache.idle_timeout` is not refreshed and
+//!   credentials. A set that was not renewed is still served while servable; the first ask
+//!   after its `refresh_at` starts the renewal at once;
+//! - **idle eviction**: an identity without callers for `cache.idle_timeout` is not renewed and
 //!   is removed at its next scheduled wake-up;
 //! - bounded: at most `cache.max_identities` entries.
+//!
+//! Words: *renew* is a new `GetCredentialsForIdentity` ahead of expiry (config keys and metrics
+//! keep their `refresh_*` names); *redeem* is a refresh token turned into an ID token
+//! (`sources`); *reload* is a provider's JWKS fetched again (`oidc`).
 //!
 //! All time comes from the injected [`Clock`](crate::clock::Clock) and `tokio::time`, so the
 //! whole policy is tested under paused time.

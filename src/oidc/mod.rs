@@ -15,12 +15,14 @@
 //!   verification key by `kid`, so a token without one is refused here, not by Cognito); and
 //!   its signature verifies with the provider's published key for that `kid`;
 //! - each rejection has its own [`TokenError`] variant, code and actionable message;
-//! - a token seen before is answered from a cache until it has less than
+//! - a token seen before is answered from a cache (keyed by a per-process keyed 64-bit hash of
+//!   the raw token, a hit confirmed by byte equality) until it has less than
 //!   `tokens.min_token_validity` left, so the hot path never repeats signature verification and
 //!   the cache never serves a token the checks above would refuse;
 //! - an unknown `kid` triggers at most one JWKS refetch per `tokens.jwks_refetch_interval` per
 //!   provider (key rotation works; garbage tokens cannot make credbroker hammer the issuer);
-//!   keys are also refreshed every `tokens.jwks_refresh_interval`. `UnknownKeyId` (401) means a
+//!   keys are also reloaded every `tokens.jwks_refresh_interval` (a JWKS *reload*; "refresh" is
+//!   kept only in the config key). `UnknownKeyId` (401) means a
 //!   JWKS fetched successfully within that interval lacks the key; when the refetch failed, or
 //!   was rate-limited after a failed fetch, the answer is `ProviderUnavailable` (503, with a
 //!   retry delay): a rotated-in key during an issuer outage is not a bad token;
@@ -34,8 +36,12 @@
 //!
 //! openidconnect parses the discovery document and the JWKS and does the signature
 //! cryptography; the two documents are fetched here, one after the other, so a failure names
-//! the one that failed. Claims are read here, minimally: providers send loosely typed claims (Auth0's string `updated_at`) that a
-//! strict parser would reject although credbroker never needs them.
+//! the one that failed. Claims are read here, minimally: providers send loosely typed claims
+//! (Auth0's string `updated_at`) that a strict parser would reject although credbroker never
+//! needs them.
+//!
+//! Files: `provider.rs` (discovery, the JWKS and its reload), `validate.rs` (the checks above,
+//! in order), `error.rs` (what a refusal or a failed load says).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -84,7 +90,8 @@ pub struct VerifiedToken {
     pub expires_at: SystemTime,
     /// The token itself, for Cognito's `Logins` map.
     pub raw: SecretString,
-    /// SHA-256 of the raw token (never logged; used as a cache key).
+    /// SHA-256 of the raw token, never logged: the identity cache's failure memory tells tokens
+    /// apart by it (the verified-token cache uses a cheaper keyed hash, see [`Validator`]).
     pub digest: [u8; 32],
     /// The OAuth client the token was issued to: `azp` when present, else the first `aud` that
     /// is one of the provider's accepted audiences (the client a refresh token belongs to).
@@ -194,7 +201,7 @@ impl Validator {
     }
 
     /// Keeps keys fresh until `shutdown`: retries providers that never loaded (backoff up to a
-    /// minute) and refreshes loaded ones every `tokens.jwks_refresh_interval`.
+    /// minute) and reloads loaded ones every `tokens.jwks_refresh_interval`.
     pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
         let tasks = self.providers.iter().cloned().map(|provider| {
             let shutdown = shutdown.clone();

@@ -9,7 +9,7 @@
 //! Promises:
 //! - every token a source yields is validated by the [`Validator`] like any caller's token
 //!   before it is used, and is then offered to the [`IdentityCache`], so the cache's background
-//!   refresh keeps Cognito credentials fresh for as long as the source keeps tokens fresh;
+//!   renewal keeps Cognito credentials fresh for as long as the source keeps tokens fresh;
 //! - the driver fetches again before the token expires (the source decides when: a fraction of
 //!   the token's lifetime with jitter for refresh tokens, a poll interval for files), never
 //!   sooner than the source's `min_interval` ([`MIN_FETCH_INTERVAL`] for refresh tokens) after
@@ -20,7 +20,7 @@
 //!   once, and nothing is retried until the source says its input changed;
 //! - the identity stays in the cache while it is configured (touched every half
 //!   `cache.idle_timeout`) and is held in use ([`crate::identity::Hold`]) while the driver
-//!   runs, so its credentials are refreshed ahead whether or not anyone asks and callers are
+//!   runs, so its credentials are renewed ahead whether or not anyone asks and callers are
 //!   served from cache;
 //! - tokens are never logged; logs name the identity and the provider.
 //!

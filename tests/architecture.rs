@@ -39,7 +39,6 @@ const SIZE_DEBT: &[&str] = &[
     "metrics.rs new",
     "oidc/provider.rs fetch_keys",
     "oidc/validate.rs check_signature",
-    "server/appsync.rs handle",
     "grpc/mod.rs start",
     "doctor/appsync.rs check",
     "doctor/exchange.rs check",

@@ -184,34 +184,14 @@ pub async fn forward_as(
 async fn handle(state: &AppState, api_name: Option<&str>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     if parts.method != Method::POST {
-        let mut r = refusal(&client_reply(
-            405,
-            "MethodNotAllowed",
-            "send GraphQL requests with POST",
-        ));
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
+        return post_only();
     }
     if let Some(refused) = forwarded_refusal(&parts.headers) {
         return refused;
     }
     let forwarder = &state.forwarder;
     let Some(api) = forwarder.api(api_name).cloned() else {
-        let names = forwarder.names();
-        let message = match (api_name, names.is_empty()) {
-            (_, true) => "no AppSync API is configured ([appsync.apis.<name>])".to_owned(),
-            (Some(n), false) => format!(
-                "no AppSync API {n:?} is configured (configured: {})",
-                names.join(", ")
-            ),
-            (None, false) => format!(
-                "no default AppSync API; use /appsync/<name>/graphql (configured: {}) or set \
-                 default = true on one",
-                names.join(", ")
-            ),
-        };
-        return refusal(&client_reply(404, "NoSuchApi", message));
+        return no_such_api(forwarder, api_name);
     };
 
     let max = forwarder.max_body_bytes;
@@ -281,6 +261,36 @@ async fn handle(state: &AppState, api_name: Option<&str>, request: Request) -> R
             refusal(&reply)
         }
     }
+}
+
+/// 405 with `Allow: POST`.
+fn post_only() -> Response {
+    let mut r = refusal(&client_reply(
+        405,
+        "MethodNotAllowed",
+        "send GraphQL requests with POST",
+    ));
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    r
+}
+
+/// 404 `NoSuchApi`, naming the APIs that are configured.
+fn no_such_api(forwarder: &Forwarder, api_name: Option<&str>) -> Response {
+    let names = forwarder.names();
+    let message = match (api_name, names.is_empty()) {
+        (_, true) => "no AppSync API is configured ([appsync.apis.<name>])".to_owned(),
+        (Some(n), false) => format!(
+            "no AppSync API {n:?} is configured (configured: {})",
+            names.join(", ")
+        ),
+        (None, false) => format!(
+            "no default AppSync API; use /appsync/<name>/graphql (configured: {}) or set \
+             default = true on one",
+            names.join(", ")
+        ),
+    };
+    refusal(&client_reply(404, "NoSuchApi", message))
 }
 
 fn too_large(max: usize) -> Response {

@@ -34,7 +34,6 @@ const SIZE_DEBT: &[&str] = &[
     "config/identities.rs build_identity",
     "config/grpc.rs build_grpc",
     "credential_process.rs fetch",
-    "identity/exchange.rs exchange",
     "main.rs main",
     "metrics.rs new",
     "oidc/provider.rs fetch_keys",

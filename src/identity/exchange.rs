@@ -135,83 +135,8 @@ impl Shared {
         let result = self.exchange_inner(entry, token).await;
         let now = self.clock.now();
         let outcome = match &result {
-            Ok(issued) => {
-                let previous = entry.current.load_full();
-                let extends = previous
-                    .as_ref()
-                    .is_none_or(|p| issued.expires_at > p.expires_at);
-                if extends {
-                    if trigger == Trigger::Ahead {
-                        // Nobody has this set yet: it counts as used once someone asks. Cleared
-                        // before the store, so an ask racing with it counts for the new set.
-                        entry.usage.fetch_and(!ASKED, Ordering::AcqRel);
-                    }
-                    entry.current.store(Some(issued.clone()));
-                    *lock(&entry.failure) = None;
-                    entry.consecutive_failures.store(0, Ordering::Relaxed);
-                    entry
-                        .last_refresh_ms
-                        .store(clock::unix_millis(now), Ordering::Relaxed);
-                    entry.set_state(State::Active);
-                    if let Some(tx) = entry.updates.get() {
-                        publish(tx, issued.clone());
-                    }
-                    self.schedule(entry, issued.plan.refresh_at, now);
-                    tracing::debug!(
-                        target: "credbroker::identity",
-                        issuer = %entry.key.issuer,
-                        trigger = trigger.label(),
-                        expiration = issued.expiration(),
-                        "credentials obtained"
-                    );
-                    "ok"
-                } else {
-                    // The upstream handed back credentials that expire no later than what we
-                    // hold (moto does this): keep ours and back off instead of looping.
-                    let pause = self.backoff(entry);
-                    self.schedule(entry, now + pause, now);
-                    tracing::warn!(
-                        target: "credbroker::identity",
-                        issuer = %entry.key.issuer,
-                        "refresh returned credentials that do not extend the expiry; backing off"
-                    );
-                    "stale"
-                }
-            }
-            Err(e) => {
-                let terminal = !e.kind.is_retryable();
-                let until = if terminal {
-                    now + self.config.negative_ttl
-                } else {
-                    now + self.backoff(entry)
-                };
-                *lock(&entry.failure) = Some(Failure {
-                    until,
-                    error: e.clone(),
-                    token_digest: terminal.then_some(token.digest),
-                });
-                entry.set_state(State::Failing);
-                let servable = entry
-                    .current
-                    .load()
-                    .as_ref()
-                    .is_some_and(|c| c.servable_at(now));
-                if servable {
-                    // Keep serving; try again after the backoff.
-                    self.schedule(entry, until, now);
-                } else {
-                    self.schedule_idle_check(entry, now);
-                }
-                tracing::warn!(
-                    target: "credbroker::identity",
-                    issuer = %entry.key.issuer,
-                    trigger = trigger.label(),
-                    kind = e.kind.label(),
-                    error = %e.message,
-                    "credential exchange failed"
-                );
-                "failed"
-            }
+            Ok(issued) => self.obtained(entry, issued, trigger, now),
+            Err(e) => self.failed(entry, token, e, trigger, now),
         };
         self.metrics
             .refreshes
@@ -224,6 +149,102 @@ impl Shared {
                 ..e
             }),
         }
+    }
+
+    /// Stores, publishes and schedules a successful exchange's credentials (unless they do
+    /// not extend what is held); returns the outcome label.
+    fn obtained(
+        &self,
+        entry: &Arc<Identity>,
+        issued: &Arc<Issued>,
+        trigger: Trigger,
+        now: SystemTime,
+    ) -> &'static str {
+        let previous = entry.current.load_full();
+        let extends = previous
+            .as_ref()
+            .is_none_or(|p| issued.expires_at > p.expires_at);
+        if extends {
+            if trigger == Trigger::Ahead {
+                // Nobody has this set yet: it counts as used once someone asks. Cleared
+                // before the store, so an ask racing with it counts for the new set.
+                entry.usage.fetch_and(!ASKED, Ordering::AcqRel);
+            }
+            entry.current.store(Some(issued.clone()));
+            *lock(&entry.failure) = None;
+            entry.consecutive_failures.store(0, Ordering::Relaxed);
+            entry
+                .last_refresh_ms
+                .store(clock::unix_millis(now), Ordering::Relaxed);
+            entry.set_state(State::Active);
+            if let Some(tx) = entry.updates.get() {
+                publish(tx, issued.clone());
+            }
+            self.schedule(entry, issued.plan.refresh_at, now);
+            tracing::debug!(
+                target: "credbroker::identity",
+                issuer = %entry.key.issuer,
+                trigger = trigger.label(),
+                expiration = issued.expiration(),
+                "credentials obtained"
+            );
+            "ok"
+        } else {
+            // The upstream handed back credentials that expire no later than what we
+            // hold (moto does this): keep ours and back off instead of looping.
+            let pause = self.backoff(entry);
+            self.schedule(entry, now + pause, now);
+            tracing::warn!(
+                target: "credbroker::identity",
+                issuer = %entry.key.issuer,
+                "refresh returned credentials that do not extend the expiry; backing off"
+            );
+            "stale"
+        }
+    }
+
+    /// Remembers a failed exchange (per token when terminal) and schedules the next attempt or
+    /// the idle check; returns the outcome label.
+    fn failed(
+        &self,
+        entry: &Arc<Identity>,
+        token: &VerifiedToken,
+        e: &FetchError,
+        trigger: Trigger,
+        now: SystemTime,
+    ) -> &'static str {
+        let terminal = !e.kind.is_retryable();
+        let until = if terminal {
+            now + self.config.negative_ttl
+        } else {
+            now + self.backoff(entry)
+        };
+        *lock(&entry.failure) = Some(Failure {
+            until,
+            error: e.clone(),
+            token_digest: terminal.then_some(token.digest),
+        });
+        entry.set_state(State::Failing);
+        let servable = entry
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.servable_at(now));
+        if servable {
+            // Keep serving; try again after the backoff.
+            self.schedule(entry, until, now);
+        } else {
+            self.schedule_idle_check(entry, now);
+        }
+        tracing::warn!(
+            target: "credbroker::identity",
+            issuer = %entry.key.issuer,
+            trigger = trigger.label(),
+            kind = e.kind.label(),
+            error = %e.message,
+            "credential exchange failed"
+        );
+        "failed"
     }
 
     pub(super) async fn exchange_inner(

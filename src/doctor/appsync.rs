@@ -11,7 +11,7 @@ use http_body_util::{BodyExt as _, Limited};
 use serde_json::Value;
 
 use super::Check;
-use crate::appsync::forward::{ForwardError, Forwarder};
+use crate::appsync::forward::{Api, ForwardError, Forwarder};
 use crate::broker::Broker;
 use crate::config::{AppSyncApiConfig, AppSyncAuth, Config};
 use crate::http::{self, HttpsClient};
@@ -86,20 +86,7 @@ pub(super) async fn check(
             ));
             continue;
         };
-        let who = crate::broker::Caller {
-            token: caller.token.clone(),
-            role: None,
-            session: None,
-        };
-        let answer = forward_as(
-            caller.broker,
-            &forwarder,
-            target,
-            &who,
-            &HeaderMap::new(),
-            Bytes::from_static(QUERY.as_bytes()),
-        )
-        .await;
+        let answer = query(caller, &forwarder, target).await;
         checks.push(match answer {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -114,6 +101,21 @@ pub(super) async fn check(
         });
     }
     checks
+}
+
+/// `{ __typename }` through credbroker's own forwarder, as the caller (no role: the default).
+async fn query(
+    caller: &Caller<'_>,
+    forwarder: &Forwarder,
+    api: &Api,
+) -> Result<::http::Response<hyper::body::Incoming>, Refused> {
+    let who = crate::broker::Caller {
+        token: caller.token.clone(),
+        role: None,
+        session: None,
+    };
+    let body = Bytes::from_static(QUERY.as_bytes());
+    forward_as(caller.broker, forwarder, api, &who, &HeaderMap::new(), body).await
 }
 
 /// The region in an AppSync URL (`<id>.appsync-api.<region>.amazonaws.com`), if it is one.

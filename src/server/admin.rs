@@ -53,9 +53,8 @@ pub fn router(broker: Arc<Broker>, readiness: Arc<Readiness>) -> Router {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    state.broker.identities.update_gauges();
     state.readiness.report();
-    let body = state.broker.metrics.render();
+    let body = state.broker.render_metrics();
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -316,6 +316,23 @@ struct ErrorBody {
     message: String,
 }
 
+/// `GET url` with the token as `Authorization` (marked sensitive).
+fn request(url: &http::Uri, token: &SecretString) -> Result<http::Request<Empty<Bytes>>, Failure> {
+    let mut authorization = http::HeaderValue::from_str(token.expose_str()).map_err(|_| {
+        Failure::NoInput("the token holds characters that cannot be sent in an HTTP header".into())
+    })?;
+    authorization.set_sensitive(true);
+    http::Request::get(url.clone())
+        .header(http::header::AUTHORIZATION, authorization)
+        .header(http::header::ACCEPT, "application/json")
+        .header(
+            http::header::USER_AGENT,
+            concat!("credbroker-credential-process/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::new())
+        .map_err(|e| Failure::Usage(format!("cannot build the request to {url}: {e}")))
+}
+
 async fn fetch(
     url: &http::Uri,
     token: &SecretString,
@@ -326,19 +343,7 @@ async fn fetch(
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
-    let mut authorization = http::HeaderValue::from_str(token.expose_str()).map_err(|_| {
-        Failure::NoInput("the token holds characters that cannot be sent in an HTTP header".into())
-    })?;
-    authorization.set_sensitive(true);
-    let request = http::Request::get(url.clone())
-        .header(http::header::AUTHORIZATION, authorization)
-        .header(http::header::ACCEPT, "application/json")
-        .header(
-            http::header::USER_AGENT,
-            concat!("credbroker-credential-process/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::new())
-        .map_err(|e| Failure::Usage(format!("cannot build the request to {url}: {e}")))?;
+    let request = request(url, token)?;
     let exchange = async {
         let response = client.request(request).await.map_err(|e| {
             let detail = crate::http::error_chain(&e);

@@ -12,7 +12,7 @@
 //!                                                      broker::Broker ◀──┘  (one facade for
 //!                                                        │      │             every surface)
 //!            oidc::Validator ◀── validate(raw token) ────┘      │
-//!             │  digest cache hit → done (no RSA)               │
+//!             │  keyed-hash cache hit → done (no RSA)           │
 //!             │  else parse → alg/iss/aud/exp/nbf checks         │
 //!             │  → key by kid (rate-limited JWKS refetch)        │
 //!             │  → signature (openidconnect)                     ▼
@@ -23,9 +23,11 @@
 //!             │                          cognito::Exchanger ──▶ GetId (once per identity)
 //!             │                            retries + backoff ──▶ GetCredentialsForIdentity
 //!             │                                     │
-//!             └── discovery + JWKS (http)            └── scheduler: refresh ahead of expiry,
+//!             └── discovery + JWKS reload (http)     └── scheduler: renew ahead of expiry,
 //!                                                        rate-limited, jittered; idle eviction
 //! ```
+//!
+//! The layers, what each room owns and where new code goes: `ARCHITECTURE.md`.
 //!
 //! Time is injected ([`clock`]) so expiry and refresh are tested under paused time; secrets are
 //! [`secret::Secret`] types that never print; configuration is validated once ([`config`]).
@@ -39,30 +41,48 @@
 // fall inside a character nor indexing that may be out of bounds, in all non-test code.
 #![cfg_attr(not(test), warn(clippy::string_slice, clippy::indexing_slicing))]
 
-pub mod app;
-pub mod appsync;
-pub mod broker;
-pub mod cli;
+// The rooms by layer, lowest first: a module imports only modules of lower layers
+// (ARCHITECTURE.md; enforced by tests/architecture.rs).
+
+// 0 ground
 pub mod clock;
-pub mod cognito;
+pub mod fsutil;
+pub mod secret;
+pub mod signals;
+
+// 1 configuration
 pub mod config;
+
+// 2 ground+
+pub mod http;
+pub mod metrics;
+pub mod telemetry;
+
+// 3 upstream clients
+pub mod appsync;
+pub mod cognito;
+pub mod probe;
+
+// 4 core
+#[cfg(feature = "emulators")]
+pub mod emulated;
+pub mod identity;
+pub mod oidc;
+pub mod readiness;
+pub mod sessions;
+pub mod sources;
+
+// 5 facade
+pub mod broker;
+
+// 6 surfaces
+pub mod grpc;
+pub mod server;
+
+// 7 entry points
+pub mod app;
+pub mod cli;
 pub mod credential_process;
 #[cfg(feature = "emulators")]
 pub mod demo;
 pub mod doctor;
-#[cfg(feature = "emulators")]
-pub mod emulated;
-pub mod fsutil;
-pub mod grpc;
-pub mod http;
-pub mod identity;
-pub mod metrics;
-pub mod oidc;
-pub mod probe;
-pub mod readiness;
-pub mod secret;
-pub mod server;
-pub mod sessions;
-pub mod signals;
-pub mod sources;
-pub mod telemetry;

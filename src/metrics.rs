@@ -14,8 +14,11 @@
 //! - process metrics keep their standard names (`process_cpu_seconds_total`, …, no prefix) so
 //!   generic dashboards and alerts apply.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -37,6 +40,15 @@ pub enum Surface {
 }
 
 impl Surface {
+    /// Every surface.
+    pub const ALL: [Surface; 5] = [
+        Self::Container,
+        Self::Imds,
+        Self::Grpc,
+        Self::Appsync,
+        Self::Sessions,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -404,6 +416,66 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Records one request a surface answered: `status` is its HTTP status (gRPC: the HTTP
+    /// equivalent of its code) and `started` when it arrived. The one way surfaces count
+    /// requests; the container endpoint's successes use pre-resolved handles (no label lookup).
+    #[inline]
+    pub fn record_request(&self, surface: Surface, status: &str, started: Instant) {
+        let m = &self.inner;
+        let elapsed = started.elapsed().as_secs_f64();
+        if surface == Surface::Container {
+            if status == "200" {
+                m.hot.container_ok.inc();
+            } else {
+                m.requests
+                    .with_label_values(&[surface.as_str(), status])
+                    .inc();
+            }
+            m.hot.container_latency.observe(elapsed);
+            return;
+        }
+        m.requests
+            .with_label_values(&[surface.as_str(), status])
+            .inc();
+        m.request_latency
+            .with_label_values(&[surface.as_str()])
+            .observe(elapsed);
+    }
+
+    /// Credential sets handed out, by surface (surfaces with none left out).
+    pub fn issued_by_surface(&self) -> HashMap<String, u64> {
+        Surface::ALL
+            .iter()
+            .map(|s| {
+                let n = self.inner.issued.with_label_values(&[s.as_str()]).get();
+                (s.as_str().to_owned(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Cognito calls of `operation`, by outcome.
+    pub fn cognito_outcomes(&self, operation: &str) -> HashMap<String, u64> {
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for family in self.inner.cognito_calls.collect() {
+            for metric in family.get_metric() {
+                let labels: HashMap<&str, &str> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if labels.get("operation") == Some(&operation) {
+                    let outcome = labels.get("outcome").copied().unwrap_or("unknown");
+                    // Counter values are whole numbers.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    let n = metric.get_counter().get_value() as u64;
+                    *out.entry(outcome.to_owned()).or_default() += n;
+                }
+            }
+        }
+        out
     }
 
     /// Counts a token validation that was answered from the verified-token cache.

@@ -408,7 +408,7 @@ impl Readiness {
         self.identities
             .identities()
             .iter()
-            .any(|i| i.current().is_some_and(|c| c.servable_at(now)))
+            .any(|i| i.servable_at(now).is_some())
     }
 
     async fn probe_if_due(&self) {

@@ -5,11 +5,11 @@
 # test is missing or the code is redundant. Survivors are listed at the end and in
 # mutants.out/missed.txt.
 #
-#   bash tests/mutants.sh                       # the token validator (src/oidc.rs), focused tests
-#   MUTANTS_FILES="src/identity.rs" MUTANTS_TESTS="single_flight refresh faults" bash tests/mutants.sh
+#   bash tests/mutants.sh                       # the token validator (src/oidc/), focused tests
+#   MUTANTS_FILES="src/identity/exchange.rs" MUTANTS_TESTS="single_flight refresh faults" bash tests/mutants.sh
 #   MUTANTS_RE='check_(signature|audience)' bash tests/mutants.sh   # only functions matching
 #
-# Knobs: MUTANTS_FILES (space-separated, default src/oidc.rs), MUTANTS_RE (a regex over the
+# Knobs: MUTANTS_FILES (space-separated, default src/oidc/*.rs), MUTANTS_RE (a regex over the
 # mutant's name, default: every mutant of the files), MUTANTS_TESTS (integration-test name
 # filters of the `it` binary, default the token, fault and container tests; "all" runs the
 # whole suite), MUTANTS_JOBS (1). It runs in a scratch copy of the repository (cargo-mutants'
@@ -22,7 +22,7 @@ if ! cargo mutants --version >/dev/null 2>&1; then
   cargo install cargo-mutants --locked
 fi
 
-files=(${MUTANTS_FILES:-src/oidc.rs})
+files=(${MUTANTS_FILES:-src/oidc/*.rs})
 tests=(${MUTANTS_TESTS:-bad_tokens faults container})
 args=(--no-shuffle --gitignore true -j "${MUTANTS_JOBS:-1}" --timeout-multiplier 3)
 for f in "${files[@]}"; do args+=(-f "$f"); done

@@ -19,17 +19,16 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
-use credbroker::broker::Broker;
+use credbroker::broker::{Broker, ConfiguredIdentity, SessionRefresh};
 use credbroker::cognito::{CognitoApi, Exchanger, RetryPolicy};
 use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
 use credbroker_emulators::oidc::{OidcIssuer, TokenSpec};
 use credbroker::identity::IdentityCache;
 use credbroker::metrics::Metrics;
 use credbroker::server::{appsync, container, imds, sessions};
-use credbroker::sessions::SessionRefresh;
 use credbroker::sources::file::TokenFileSource;
 use credbroker::sources::refresh::TokenEndpoint;
-use credbroker::sources::{ConfiguredIdentity, SourceDriver};
+use credbroker::sources::SourceDriver;
 use http_body_util::BodyExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -142,8 +141,8 @@ default = true
             let identities = IdentityCache::new(
                 exchanger,
                 &config.cache,
+                &config.cognito,
                 config.tokens.min_token_validity,
-                config.cognito.account_id.as_deref(),
                 clock.clone(),
                 metrics.clone(),
             );
@@ -156,8 +155,7 @@ default = true
                     identities.clone(),
                     metrics,
                     clock.clone(),
-                    config.server.max_pending_exchanges,
-                    config.cognito.custom_role_arn.as_deref(),
+                    credbroker::broker::Settings::from_config(&config.server),
                 )
                 .with_sessions(&config.sessions)
                 .with_session_refresh(SessionRefresh {
@@ -169,10 +167,9 @@ default = true
                     stop: stop.clone(),
                 }),
             );
-            let timeout = config.server.request_timeout;
-            let main = container::router(broker.clone(), timeout)
-                .merge(appsync::router(broker.clone(), &config.appsync, timeout))
-                .merge(sessions::router(broker.clone(), timeout));
+            let main = container::router(broker.clone())
+                .merge(appsync::router(broker.clone(), &config.appsync))
+                .merge(sessions::router(broker.clone()));
 
             let imds_config = config.imds.as_ref().expect("[imds]");
             let ic = &config.identities[0];
@@ -193,7 +190,7 @@ default = true
                 identity.ready(Duration::from_secs(30)).await,
                 "the IMDS identity warms"
             );
-            let imds = imds::router(broker, identity, imds_config, timeout);
+            let imds = imds::router(broker, identity, imds_config);
             (issuer, cognito, main, imds)
         });
         let (issuer, cognito, main, imds) = world;

@@ -8,9 +8,11 @@
 //!   that with 401 "Unable to parse JWT token."), and never a token that expires within
 //!   `appsync.token_expiry_margin` (the caller gets 401 `TokenExpiringSoon` and refreshes);
 //! - **IAM mode** signs with SigV4 (service `appsync`, the API's region, `X-Amz-Security-Token`
-//!   included) using the caller's own Cognito credentials from the broker's cache
-//!   ([`Surface::Appsync`]), at the broker's clock's time. The caller's `Authorization` is
-//!   replaced, never forwarded;
+//!   included) using the caller's own Cognito credentials, which the surface obtains from the
+//!   broker ([`UpstreamAuth::Credentials`]), at the time it is given. The caller's
+//!   `Authorization` is replaced, never forwarded;
+//! - the forwarder knows nothing of the broker: the surface hands it the upstream
+//!   authentication ([`UpstreamAuth`]) after [`Forwarder::admit`] accepted the document;
 //! - hop-by-hop headers (and those named in `Connection`), `Host`, `Content-Length`, caller
 //!   supplied `X-Amz-Date` / `X-Amz-Security-Token` / `X-Amz-Content-Sha256` / `X-Api-Key`,
 //!   and cookies are dropped; nothing is added but authentication (no `X-Forwarded-For`);
@@ -33,14 +35,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::caller::Caller;
 use super::operations::{self, OperationError};
-use crate::broker::{Broker, BrokerError, ErrorReply};
 use crate::clock;
-use crate::config::{AppSyncApiConfig, AppSyncAuth, AppSyncConfig};
+use crate::config::{AppSyncApiConfig, AppSyncConfig};
 use crate::http::{HttpsClient, error_chain};
-use crate::identity::Issued;
-use crate::metrics::Surface;
+use crate::metrics::Metrics;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// proxy-era ones clients still send.
@@ -118,9 +117,6 @@ pub enum ForwardError {
         /// The configured margin.
         margin: Duration,
     },
-    /// IAM mode: no credentials for the caller.
-    #[error(transparent)]
-    Credentials(BrokerError),
     /// `allowed_operations` refused the document.
     #[error(transparent)]
     Operation(#[from] OperationError),
@@ -136,32 +132,10 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
-    /// The client-facing form.
-    pub fn reply(&self) -> ErrorReply {
-        let (status, code, retry_after) = match self {
-            Self::TokenExpiringSoon { .. } => (401, "TokenExpiringSoon", None),
-            Self::Credentials(e) => return e.reply(),
-            Self::Operation(OperationError::NotAllowed { .. }) => {
-                (403, "OperationNotAllowed", None)
-            }
-            Self::Operation(_) => (400, "MalformedRequest", None),
-            Self::Signing(_) => (500, "SigningFailed", None),
-            Self::Timeout(_) => (504, "UpstreamTimeout", Some(1)),
-            Self::Unreachable(_) => (502, "UpstreamUnavailable", Some(1)),
-        };
-        ErrorReply {
-            status,
-            code,
-            message: self.to_string(),
-            retry_after,
-        }
-    }
-
     /// A bounded label for metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::TokenExpiringSoon { .. } => "token_expiring",
-            Self::Credentials(_) => "no_credentials",
             Self::Operation(_) => "operation_refused",
             Self::Signing(_) => "signing_failed",
             Self::Timeout(_) => "timeout",
@@ -179,8 +153,21 @@ pub struct Forwarder {
     pub max_body_bytes: usize,
     timeout: Duration,
     token_expiry_margin: Duration,
-    /// Bound on waiting for the caller's credentials (IAM mode): `server.request_timeout`.
-    credentials_timeout: Duration,
+}
+
+/// How one request authenticates towards AppSync (the API's `auth` decides which; the surface
+/// supplies it).
+#[derive(Debug)]
+pub enum UpstreamAuth<'a> {
+    /// OIDC mode: the caller's raw ID token, sent as `Authorization`, and when it expires.
+    IdToken {
+        /// The raw JWT.
+        raw: &'a str,
+        /// Its `exp`.
+        expires_at: SystemTime,
+    },
+    /// IAM mode: the caller's Cognito credentials, for SigV4.
+    Credentials(Credentials),
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -193,7 +180,7 @@ impl std::fmt::Debug for Forwarder {
 
 impl Forwarder {
     /// Builds the forwarder and its connection pool (no connection is opened yet).
-    pub fn new(config: &AppSyncConfig, credentials_timeout: Duration) -> Self {
+    pub fn new(config: &AppSyncConfig) -> Self {
         let mut apis = BTreeMap::new();
         let mut default = None;
         for c in &config.apis {
@@ -215,7 +202,6 @@ impl Forwarder {
             max_body_bytes: config.max_body_bytes,
             timeout: config.timeout,
             token_expiry_margin: config.token_expiry_margin,
-            credentials_timeout,
         }
     }
 
@@ -232,18 +218,26 @@ impl Forwarder {
         self.apis.keys().map(String::as_str).collect()
     }
 
-    /// Forwards one request for `caller` and returns AppSync's answer (body not yet read).
+    /// Whether `api` accepts the GraphQL document `body` (`allowed_operations`); checked before
+    /// the surface obtains the upstream authentication.
+    pub fn admit(&self, api: &Api, body: &[u8]) -> Result<(), ForwardError> {
+        if let Some(allowed) = &api.config.allowed_operations {
+            operations::check(body, allowed)?;
+        }
+        Ok(())
+    }
+
+    /// Forwards one admitted request with `auth` at `now`, and returns AppSync's answer (body
+    /// not yet read).
     pub async fn forward(
         &self,
-        broker: &Broker,
+        metrics: &Metrics,
         api: &Api,
-        caller: &Caller,
+        auth: UpstreamAuth<'_>,
         headers: &HeaderMap,
         body: Bytes,
+        now: SystemTime,
     ) -> Result<http::Response<Incoming>, ForwardError> {
-        if let Some(allowed) = &api.config.allowed_operations {
-            operations::check(&body, allowed)?;
-        }
         let mut request = http::Request::builder()
             .method(Method::POST)
             .uri(api.uri.clone())
@@ -260,32 +254,22 @@ impl Forwarder {
             );
         }
 
-        let now = broker.clock().now();
-        match api.config.auth {
-            AppSyncAuth::Oidc => {
-                let remaining = clock::saturating_sub(caller.token.expires_at, now);
+        match auth {
+            UpstreamAuth::IdToken { raw, expires_at } => {
+                let remaining = clock::saturating_sub(expires_at, now);
                 if remaining <= self.token_expiry_margin {
                     return Err(ForwardError::TokenExpiringSoon {
                         remaining,
                         margin: self.token_expiry_margin,
                     });
                 }
-                let mut value = HeaderValue::from_str(caller.token.raw.expose_str())
-                    .map_err(|e| ForwardError::Signing(e.to_string()))?;
+                let mut value =
+                    HeaderValue::from_str(raw).map_err(|e| ForwardError::Signing(e.to_string()))?;
                 value.set_sensitive(true);
                 request.headers_mut().insert(header::AUTHORIZATION, value);
             }
-            AppSyncAuth::Iam => {
-                let work = broker.credentials_for_token(
-                    &caller.token,
-                    caller.role.as_deref(),
-                    Surface::Appsync,
-                );
-                let issued = tokio::time::timeout(self.credentials_timeout, work)
-                    .await
-                    .map_err(|_| ForwardError::Credentials(BrokerError::Timeout))?
-                    .map_err(ForwardError::Credentials)?;
-                sign_request(&mut request, &body, &issued, &api.config.region, now)
+            UpstreamAuth::Credentials(credentials) => {
+                sign_request(&mut request, &body, credentials, &api.config.region, now)
                     .map_err(ForwardError::Signing)?;
             }
         }
@@ -293,8 +277,7 @@ impl Forwarder {
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
         let elapsed = started.elapsed().as_secs_f64();
-        broker
-            .metrics
+        metrics
             .appsync_upstream_latency
             .with_label_values(&[api.name()])
             .observe(elapsed);
@@ -303,8 +286,7 @@ impl Forwarder {
             Ok(Err(_)) => "unreachable",
             Err(_) => "timeout",
         };
-        broker
-            .metrics
+        metrics
             .appsync_upstream
             .with_label_values(&[api.name(), outcome])
             .inc();
@@ -371,17 +353,10 @@ pub fn response_headers(from: &HeaderMap) -> HeaderMap {
 fn sign_request(
     request: &mut http::Request<Full<Bytes>>,
     body: &[u8],
-    issued: &Issued,
+    credentials: Credentials,
     region: &str,
     now: SystemTime,
 ) -> Result<(), String> {
-    let credentials = Credentials::new(
-        issued.access_key_id(),
-        issued.secret_access_key(),
-        Some(issued.session_token().to_owned()),
-        Some(issued.expires_at),
-        "credbroker",
-    );
     let identity = credentials.into();
     let params = v4::SigningParams::builder()
         .identity(&identity)

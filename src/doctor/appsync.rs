@@ -11,12 +11,12 @@ use http_body_util::{BodyExt as _, Limited};
 use serde_json::Value;
 
 use super::Check;
-use crate::appsync::caller::Caller as ForwardCaller;
-use crate::appsync::forward::{ForwardError, Forwarder};
+use crate::appsync::forward::{Api, ForwardError, Forwarder};
 use crate::broker::Broker;
 use crate::config::{AppSyncApiConfig, AppSyncAuth, Config};
 use crate::http::{self, HttpsClient};
 use crate::oidc::VerifiedToken;
+use crate::server::appsync::{Refused, forward_as};
 
 /// The query sent: valid on every GraphQL schema, reads no data.
 const QUERY: &str = r#"{"query":"{ __typename }"}"#;
@@ -39,7 +39,7 @@ pub(super) async fn check(
     http: &HttpsClient,
     caller: Option<&Caller<'_>>,
 ) -> Vec<Check> {
-    let forwarder = Forwarder::new(&config.appsync, config.server.request_timeout);
+    let forwarder = Forwarder::new(&config.appsync);
     let mut checks = Vec::new();
     for api in &config.appsync.apis {
         let id = |what: &str| format!("appsync.{}.{what}", api.name);
@@ -86,19 +86,7 @@ pub(super) async fn check(
             ));
             continue;
         };
-        let who = ForwardCaller {
-            token: caller.token.clone(),
-            role: None,
-        };
-        let answer = forwarder
-            .forward(
-                caller.broker,
-                target,
-                &who,
-                &HeaderMap::new(),
-                Bytes::from_static(QUERY.as_bytes()),
-            )
-            .await;
+        let answer = query(caller, &forwarder, target).await;
         checks.push(match answer {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -113,6 +101,21 @@ pub(super) async fn check(
         });
     }
     checks
+}
+
+/// `{ __typename }` through credbroker's own forwarder, as the caller (no role: the default).
+async fn query(
+    caller: &Caller<'_>,
+    forwarder: &Forwarder,
+    api: &Api,
+) -> Result<::http::Response<hyper::body::Incoming>, Refused> {
+    let who = crate::broker::Caller {
+        token: caller.token.clone(),
+        role: None,
+        session: None,
+    };
+    let body = Bytes::from_static(QUERY.as_bytes());
+    forward_as(caller.broker, forwarder, api, &who, &HeaderMap::new(), body).await
 }
 
 /// The region in an AppSync URL (`<id>.appsync-api.<region>.amazonaws.com`), if it is one.
@@ -265,7 +268,7 @@ fn query_fix(api: &AppSyncApiConfig, message: &str) -> String {
     }
 }
 
-fn forward_failure(api: &AppSyncApiConfig, e: &ForwardError) -> Check {
+fn forward_failure(api: &AppSyncApiConfig, e: &Refused) -> Check {
     let reply = e.reply();
     Check::fail(
         format!("appsync.{}.query", api.name),
@@ -274,11 +277,13 @@ fn forward_failure(api: &AppSyncApiConfig, e: &ForwardError) -> Check {
             reply.code, reply.message
         ),
         match e {
-            ForwardError::Operation(_) => format!(
+            Refused::Forward(ForwardError::Operation(_)) => format!(
                 "appsync.apis.{}.allowed_operations must include \"query\" for this check",
                 api.name
             ),
-            ForwardError::TokenExpiringSoon { .. } => "sign in again for a fresh token".to_owned(),
+            Refused::Forward(ForwardError::TokenExpiringSoon { .. }) => {
+                "sign in again for a fresh token".to_owned()
+            }
             _ => format!(
                 "check appsync.apis.{}.url and that this host reaches it",
                 api.name

@@ -46,8 +46,8 @@ impl Exchange {
         let identities = IdentityCache::new(
             exchanger,
             &config.cache,
+            &config.cognito,
             config.tokens.min_token_validity,
-            config.cognito.account_id.as_deref(),
             clock.clone(),
             metrics.clone(),
         );
@@ -56,8 +56,7 @@ impl Exchange {
             identities,
             metrics.clone(),
             clock.clone(),
-            config.server.max_pending_exchanges,
-            config.cognito.custom_role_arn.as_deref(),
+            crate::broker::Settings::from_config(&config.server),
         ));
         Self { broker, recorder }
     }

@@ -3,11 +3,9 @@
 //! Protected by its own bearer token (the contents of `grpc.admin_token_file`, read at start),
 //! checked by an interceptor in constant time before the service sees the call.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use prometheus::core::Collector as _;
 use tonic::service::Interceptor;
 use tonic::{Code, Request, Response, Status};
 
@@ -16,7 +14,6 @@ use super::service::{WatcherCount, timestamp};
 use super::{GrpcStartError, status};
 use crate::broker::Broker;
 use crate::identity::State;
-use crate::metrics::Surface;
 use crate::secret::SecretString;
 
 /// Shortest admin token accepted.
@@ -103,22 +100,15 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::ListIdentitiesResponse>, Status> {
         let identities = self
             .broker
-            .identities
-            .identities()
+            .cached_identities()
             .into_iter()
-            .map(|i| {
+            .map(|(i, sessions)| {
                 let key = i.key();
                 let state = match i.state() {
                     State::Active => proto::IdentityState::Active,
                     State::AwaitingToken => proto::IdentityState::AwaitingToken,
                     State::Failing => proto::IdentityState::Failing,
                 };
-                let sessions = self.broker.sessions.count_for(
-                    &key.issuer,
-                    &key.subject,
-                    key.role.as_deref(),
-                    self.broker.default_role(),
-                );
                 proto::IdentityInfo {
                     issuer: key.issuer.to_string(),
                     subject: key.subject.to_string(),
@@ -139,46 +129,13 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         _request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::Stats>, Status> {
-        let m = &self.broker.metrics;
-        let credentials_issued = [
-            Surface::Container,
-            Surface::Imds,
-            Surface::Grpc,
-            Surface::Appsync,
-            Surface::Sessions,
-        ]
-        .iter()
-        .map(|s| {
-            (
-                s.as_str().to_owned(),
-                m.issued.with_label_values(&[s.as_str()]).get(),
-            )
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
-        let mut cognito: HashMap<String, u64> = HashMap::new();
-        for family in m.cognito_calls.collect() {
-            for metric in family.get_metric() {
-                let labels: HashMap<&str, &str> = metric
-                    .get_label()
-                    .iter()
-                    .map(|l| (l.name(), l.value()))
-                    .collect();
-                if labels.get("operation") == Some(&"GetCredentialsForIdentity") {
-                    let outcome = labels.get("outcome").copied().unwrap_or("unknown");
-                    // Counter values are whole numbers.
-                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    let n = metric.get_counter().get_value() as u64;
-                    *cognito.entry(outcome.to_owned()).or_default() += n;
-                }
-            }
-        }
+        let stats = self.broker.stats();
         Ok(Response::new(proto::Stats {
-            identities_cached: self.broker.identities.len(),
-            sessions: self.broker.sessions.len() as u64,
+            identities_cached: stats.identities_cached,
+            sessions: stats.sessions as u64,
             watchers: self.watchers.open() as u64,
-            credentials_issued,
-            cognito_get_credentials_calls: cognito,
+            credentials_issued: stats.credentials_issued,
+            cognito_get_credentials_calls: stats.get_credentials_calls,
         }))
     }
 }

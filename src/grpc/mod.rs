@@ -276,7 +276,7 @@ async fn track_readiness(
     use tonic_health::ServingStatus::{NotServing, Serving};
     let mut serving = false;
     loop {
-        let ready = broker.validator.providers().iter().all(|p| p.is_ready());
+        let ready = broker.keys_loaded();
         if ready != serving {
             serving = ready;
             let status = if ready { Serving } else { NotServing };

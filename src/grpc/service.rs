@@ -7,28 +7,28 @@
 //! from being evicted as idle (it counts as a caller).
 
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::Stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
 use super::proto::{self, get_credentials_request::Auth};
 use super::{http_equivalent, status, status_of, take_secret};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Caller, RefreshLogin, Subscription};
 use crate::clock;
-use crate::identity::{Identity, IdentityKey, Issued};
+use crate::identity::Issued;
 use crate::metrics::Surface;
-use crate::oidc::VerifiedToken;
 use crate::secret::SecretString;
-use crate::sessions::{RefreshLogin, Session, SessionError};
+use crate::sessions::SessionError;
 
 /// Limits and timings of the service.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Longest a unary call may wait on Cognito.
+    /// Not used by the service any more: the broker bounds every call by
+    /// `server.request_timeout` itself. Kept so callers that build `Settings` still compile.
     pub request_timeout: Duration,
     /// Open watch streams, at most.
     pub max_watchers: usize,
@@ -69,14 +69,6 @@ impl WatcherCount {
     }
 }
 
-/// Who a request speaks for.
-struct Caller {
-    token: Arc<VerifiedToken>,
-    /// The role asked for (a session's), before the configured default applies.
-    role: Option<Arc<str>>,
-    session: Option<Arc<Session>>,
-}
-
 impl BrokerService {
     /// A service over `broker`; watch streams end when `shutdown` is cancelled.
     pub fn new(broker: Arc<Broker>, settings: Settings, shutdown: CancellationToken) -> Self {
@@ -101,25 +93,10 @@ impl BrokerService {
             Ok(_) => Code::Ok,
             Err(s) => s.code(),
         };
-        let m = &self.broker.metrics;
-        m.requests
-            .with_label_values(&[Surface::Grpc.as_str(), http_equivalent(code)])
-            .inc();
-        m.request_latency
-            .with_label_values(&[Surface::Grpc.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        self.broker
+            .record_request(Surface::Grpc, http_equivalent(code), started);
         if let Err(s) = result {
             tracing::debug!(code = ?s.code(), "gRPC request refused");
-        }
-    }
-
-    async fn within_timeout<T>(
-        &self,
-        work: impl Future<Output = Result<T, BrokerError>>,
-    ) -> Result<T, Status> {
-        match tokio::time::timeout(self.settings.request_timeout, work).await {
-            Ok(r) => r.map_err(|e| status_of(&e.reply())),
-            Err(_) => Err(status_of(&BrokerError::Timeout.reply())),
         }
     }
 
@@ -132,7 +109,7 @@ impl BrokerService {
             )),
             Some(Auth::Session(mut handle)) => {
                 let handle = take_secret(&mut handle);
-                let session = self.session(&handle)?;
+                let session = self.broker.session(handle.expose_str()).map_err(refused)?;
                 Ok(Caller {
                     token: session.token(),
                     role: session.role.clone(),
@@ -142,10 +119,10 @@ impl BrokerService {
             Some(Auth::IdToken(mut raw)) => {
                 let raw = take_secret(&mut raw);
                 let token = self
-                    .within_timeout(async {
-                        Ok(self.broker.validator.validate(raw.expose_str()).await?)
-                    })
-                    .await?;
+                    .broker
+                    .validate(raw.expose_str())
+                    .await
+                    .map_err(refused)?;
                 Ok(Caller {
                     token,
                     role: None,
@@ -154,17 +131,11 @@ impl BrokerService {
             }
         }
     }
+}
 
-    fn session(&self, handle: &SecretString) -> Result<Arc<Session>, Status> {
-        self.broker
-            .sessions
-            .get(handle.expose_str())
-            .map_err(|e| status_of(&BrokerError::from(e).reply()))
-    }
-
-    fn effective_role<'a>(&'a self, caller: &'a Caller) -> Option<&'a str> {
-        caller.role.as_deref().or(self.broker.default_role())
-    }
+/// A broker failure as a gRPC status (the reply table's, mapped).
+fn refused(e: BrokerError) -> Status {
+    status_of(&e.reply())
 }
 
 /// The wire form of a credential set.
@@ -211,12 +182,10 @@ impl proto::broker_server::Broker for BrokerService {
         let result = async {
             let caller = self.caller(request.into_inner().auth).await?;
             let issued = self
-                .within_timeout(self.broker.credentials_for_token(
-                    &caller.token,
-                    caller.role.as_deref(),
-                    Surface::Grpc,
-                ))
-                .await?;
+                .broker
+                .credentials_for_token(&caller.token, caller.role.as_deref(), Surface::Grpc)
+                .await
+                .map_err(refused)?;
             Ok(credentials_message(&issued))
         }
         .await;
@@ -245,11 +214,10 @@ impl proto::broker_server::Broker for BrokerService {
         let handle = take_secret(&mut request.session);
         let token = take_secret(&mut request.id_token);
         let result = self
-            .within_timeout(
-                self.broker
-                    .update_session(handle.expose_str(), token.expose_str()),
-            )
+            .broker
+            .update_session(handle.expose_str(), token.expose_str())
             .await
+            .map_err(refused)
             .map(|expires_at| proto::UpdateTokenResponse {
                 session_expires_at: Some(timestamp(expires_at)),
             });
@@ -268,7 +236,7 @@ impl proto::broker_server::Broker for BrokerService {
             .broker
             .revoke_session(handle.expose_str())
             .map(|identity_evicted| proto::RevokeResponse { identity_evicted })
-            .map_err(|e| status_of(&e.reply()));
+            .map_err(refused);
         self.observe(started, &result);
         result.map(Response::new)
     }
@@ -306,12 +274,14 @@ impl BrokerService {
             ));
         }
         let created = self
-            .within_timeout(self.broker.create_session(
+            .broker
+            .create_session(
                 id_token.expose_str(),
                 refresh,
                 request.custom_role_arn.as_deref(),
-            ))
-            .await?;
+            )
+            .await
+            .map_err(refused)?;
         self.broker
             .handed_out(Surface::Grpc, &created.token, &created.issued);
         Ok(proto::ExchangeResponse {
@@ -336,29 +306,19 @@ impl BrokerService {
             )
         })?;
         let caller = self.caller(request.auth).await?;
-        let role = self.effective_role(&caller).map(str::to_owned);
         // Subscribe before the first answer, so no refresh can slip in between.
-        let entry = self.broker.identities.entry(&caller.token, role.as_deref());
-        let updates = entry.subscribe();
-        let key = entry.key().clone();
-        let identity = Arc::downgrade(&entry);
-        drop(entry);
+        let subscription = self.broker.subscribe(&caller);
         let first = self
-            .within_timeout(self.broker.credentials_for_token(
-                &caller.token,
-                caller.role.as_deref(),
-                Surface::Grpc,
-            ))
-            .await?;
+            .broker
+            .credentials_for_token(&caller.token, caller.role.as_deref(), Surface::Grpc)
+            .await
+            .map_err(refused)?;
         let watch = Watch {
             broker: self.broker.clone(),
             settings: self.settings,
             shutdown: self.shutdown.clone(),
             caller,
-            role,
-            key,
-            identity,
-            updates,
+            subscription,
             last: first.clone(),
             first: Some(first),
             done: false,
@@ -380,10 +340,7 @@ struct Watch {
     settings: Settings,
     shutdown: CancellationToken,
     caller: Caller,
-    role: Option<String>,
-    key: IdentityKey,
-    identity: Weak<Identity>,
-    updates: watch::Receiver<Option<Arc<Issued>>>,
+    subscription: Subscription,
     last: Arc<Issued>,
     first: Option<Arc<Issued>>,
     done: bool,
@@ -427,12 +384,12 @@ impl Watch {
                     self.done = true;
                     return Some(Err(self.session_gone()));
                 }
-                changed = self.updates.changed() => {
+                changed = self.subscription.updates.changed() => {
                     if changed.is_err() {
                         self.done = true;
                         return Some(Err(evicted()));
                     }
-                    let latest = self.updates.borrow_and_update().clone();
+                    let latest = self.subscription.updates.borrow_and_update().clone();
                     if let Some(issued) = latest
                         && !Arc::ptr_eq(&issued, &self.last)
                         && issued.expires_at > self.last.expires_at
@@ -454,9 +411,8 @@ impl Watch {
             Some(s) => s.expires_at(),
             None => {
                 let held = self
-                    .identity
-                    .upgrade()
-                    .and_then(|i| i.token_expires_at())
+                    .subscription
+                    .token_expires_at()
                     .unwrap_or(self.caller.token.expires_at);
                 held.checked_sub(self.settings.min_token_validity)
                     .unwrap_or(SystemTime::UNIX_EPOCH)
@@ -514,18 +470,12 @@ impl Watch {
 
     /// Whether the identity watched is still the one in the cache.
     fn alive(&self) -> bool {
-        let same = match (
-            self.identity.upgrade(),
-            self.broker.identities.peek(&self.key),
-        ) {
-            (Some(mine), Some(cached)) => Arc::ptr_eq(&mine, &cached),
-            _ => false,
-        };
-        same && self
-            .caller
-            .session
-            .as_ref()
-            .is_none_or(|s| !s.revoked().is_cancelled())
+        self.broker.still_cached(&self.subscription)
+            && self
+                .caller
+                .session
+                .as_ref()
+                .is_none_or(|s| !s.revoked().is_cancelled())
     }
 
     /// Marks the identity as used (a watcher is a caller) and offers the newest token.
@@ -537,7 +487,7 @@ impl Watch {
             Some(s) => s.token(),
             None => self.caller.token.clone(),
         };
-        self.broker.identities.entry(&token, self.role.as_deref());
+        self.broker.touch(&token, self.caller.role.as_deref());
     }
 }
 

@@ -53,9 +53,8 @@ pub fn router(broker: Arc<Broker>, readiness: Arc<Readiness>) -> Router {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    state.broker.identities.update_gauges();
     state.readiness.report();
-    let body = state.broker.metrics.render();
+    let body = state.broker.render_metrics();
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -202,8 +201,8 @@ mod tests {
                 metrics.clone(),
             ),
             &config.cache,
+            &config.cognito,
             config.tokens.min_token_validity,
-            None,
             clock.clone(),
             metrics.clone(),
         );
@@ -217,7 +216,13 @@ mod tests {
             clock.clone(),
             metrics.clone(),
         ));
-        let broker = Arc::new(Broker::new(validator, identities, metrics, clock, 16, None));
+        let broker = Arc::new(Broker::new(
+            validator,
+            identities,
+            metrics,
+            clock,
+            crate::broker::Settings::from_config(&config.server),
+        ));
         (router(broker, readiness.clone()), readiness, fake)
     }
 

@@ -22,7 +22,7 @@
 //!   `"errors":[{"errorType","message"}]`, so GraphQL clients surface them too.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -33,11 +33,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use http_body_util::{BodyExt as _, Limited};
 
-use super::container::forwarded_refusal;
-use crate::appsync::caller;
-use crate::appsync::forward::{Forwarder, response_headers};
-use crate::broker::{Broker, ErrorReply};
-use crate::config::AppSyncConfig;
+use aws_credential_types::Credentials;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use hyper::body::Incoming;
+
+use super::container::{bearer_token, forwarded_refusal};
+use crate::appsync::forward::{Api, ForwardError, Forwarder, UpstreamAuth, response_headers};
+use crate::broker::{Broker, BrokerError, Caller, ErrorReply};
+use crate::config::{AppSyncAuth, AppSyncConfig};
 use crate::metrics::Surface;
 
 /// GraphQL to the default API.
@@ -52,8 +56,8 @@ struct AppState {
 }
 
 /// The AppSync routes, merged into the main listener's router.
-pub fn router(broker: Arc<Broker>, config: &AppSyncConfig, request_timeout: Duration) -> Router {
-    let forwarder = Arc::new(Forwarder::new(config, request_timeout));
+pub fn router(broker: Arc<Broker>, config: &AppSyncConfig) -> Router {
+    let forwarder = Arc::new(Forwarder::new(config));
     Router::new()
         .route(DEFAULT_GRAPHQL_PATH, any(default_api))
         .route(API_GRAPHQL_PATH, any(named_api))
@@ -93,48 +97,101 @@ async fn measured(state: &AppState, api: Option<String>, request: Request) -> Re
 }
 
 fn observe(state: &AppState, started: Instant, response: &Response) {
-    let metrics = &state.broker.metrics;
-    metrics
-        .requests
-        .with_label_values(&[Surface::Appsync.as_str(), response.status().as_str()])
-        .inc();
-    metrics
-        .request_latency
-        .with_label_values(&[Surface::Appsync.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    state
+        .broker
+        .record_request(Surface::Appsync, response.status().as_str(), started);
+}
+
+/// Who is calling: `Authorization` (an ID token or a session handle, `Bearer ` accepted — the
+/// caller's convention; AppSync never sees it) → the identity it proves, with the broker's
+/// stable codes on failure.
+async fn resolve(broker: &Broker, headers: &HeaderMap) -> Result<Caller, ErrorReply> {
+    let token = bearer_token(headers).map_err(|_| {
+        client_reply(
+            400,
+            "MalformedRequest",
+            "the Authorization header is not visible ASCII",
+        )
+    })?;
+    broker.authenticate(token).await.map_err(|e| e.reply())
+}
+
+/// Why a request was not forwarded.
+#[derive(Debug)]
+pub enum Refused {
+    /// IAM mode: no credentials for the caller.
+    Credentials(BrokerError),
+    /// The forwarder refused it or AppSync gave no answer.
+    Forward(ForwardError),
+}
+
+impl Refused {
+    /// The client-facing form.
+    pub fn reply(&self) -> ErrorReply {
+        match self {
+            Self::Credentials(e) => e.reply(),
+            Self::Forward(e) => e.reply(),
+        }
+    }
+
+    /// A bounded label for logs.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Credentials(_) => "no_credentials",
+            Self::Forward(e) => e.outcome(),
+        }
+    }
+}
+
+/// Forwards `body` to `api` as `caller`: the document is admitted first, then authenticated
+/// as the API's `auth` says (OIDC: the caller's raw ID token; IAM: SigV4 with the caller's
+/// credentials from the broker, handed out on [`Surface::Appsync`]).
+pub async fn forward_as(
+    broker: &Broker,
+    forwarder: &Forwarder,
+    api: &Api,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<http::Response<Incoming>, Refused> {
+    forwarder.admit(api, &body).map_err(Refused::Forward)?;
+    let auth = match api.config.auth {
+        AppSyncAuth::Oidc => UpstreamAuth::IdToken {
+            raw: caller.token.raw.expose_str(),
+            expires_at: caller.token.expires_at,
+        },
+        AppSyncAuth::Iam => {
+            let issued = broker
+                .credentials_for_token(&caller.token, caller.role.as_deref(), Surface::Appsync)
+                .await
+                .map_err(Refused::Credentials)?;
+            UpstreamAuth::Credentials(Credentials::new(
+                issued.access_key_id(),
+                issued.secret_access_key(),
+                Some(issued.session_token().to_owned()),
+                Some(issued.expires_at),
+                "credbroker",
+            ))
+        }
+    };
+    let now = broker.clock().now();
+    forwarder
+        .forward(&broker.metrics, api, auth, headers, body, now)
+        .await
+        .map_err(Refused::Forward)
 }
 
 async fn handle(state: &AppState, api_name: Option<&str>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     if parts.method != Method::POST {
-        let mut r = refusal(&client_reply(
-            405,
-            "MethodNotAllowed",
-            "send GraphQL requests with POST",
-        ));
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
+        return post_only();
     }
     if let Some(refused) = forwarded_refusal(&parts.headers) {
         return refused;
     }
     let forwarder = &state.forwarder;
     let Some(api) = forwarder.api(api_name).cloned() else {
-        let names = forwarder.names();
-        let message = match (api_name, names.is_empty()) {
-            (_, true) => "no AppSync API is configured ([appsync.apis.<name>])".to_owned(),
-            (Some(n), false) => format!(
-                "no AppSync API {n:?} is configured (configured: {})",
-                names.join(", ")
-            ),
-            (None, false) => format!(
-                "no default AppSync API; use /appsync/<name>/graphql (configured: {}) or set \
-                 default = true on one",
-                names.join(", ")
-            ),
-        };
-        return refusal(&client_reply(404, "NoSuchApi", message));
+        return no_such_api(forwarder, api_name);
     };
 
     let max = forwarder.max_body_bytes;
@@ -147,7 +204,7 @@ async fn handle(state: &AppState, api_name: Option<&str>, request: Request) -> R
         return too_large(max);
     }
 
-    let caller = match caller::resolve(&state.broker, &parts.headers).await {
+    let caller = match resolve(&state.broker, &parts.headers).await {
         Ok(c) => c,
         Err(reply) => {
             tracing::debug!(
@@ -171,9 +228,15 @@ async fn handle(state: &AppState, api_name: Option<&str>, request: Request) -> R
         }
     };
 
-    match forwarder
-        .forward(&state.broker, &api, &caller, &parts.headers, body)
-        .await
+    match forward_as(
+        &state.broker,
+        forwarder,
+        &api,
+        &caller,
+        &parts.headers,
+        body,
+    )
+    .await
     {
         Ok(upstream) => {
             let (up, incoming) = upstream.into_parts();
@@ -198,6 +261,36 @@ async fn handle(state: &AppState, api_name: Option<&str>, request: Request) -> R
             refusal(&reply)
         }
     }
+}
+
+/// 405 with `Allow: POST`.
+fn post_only() -> Response {
+    let mut r = refusal(&client_reply(
+        405,
+        "MethodNotAllowed",
+        "send GraphQL requests with POST",
+    ));
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    r
+}
+
+/// 404 `NoSuchApi`, naming the APIs that are configured.
+fn no_such_api(forwarder: &Forwarder, api_name: Option<&str>) -> Response {
+    let names = forwarder.names();
+    let message = match (api_name, names.is_empty()) {
+        (_, true) => "no AppSync API is configured ([appsync.apis.<name>])".to_owned(),
+        (Some(n), false) => format!(
+            "no AppSync API {n:?} is configured (configured: {})",
+            names.join(", ")
+        ),
+        (None, false) => format!(
+            "no default AppSync API; use /appsync/<name>/graphql (configured: {}) or set \
+             default = true on one",
+            names.join(", ")
+        ),
+    };
+    refusal(&client_reply(404, "NoSuchApi", message))
 }
 
 fn too_large(max: usize) -> Response {

@@ -19,16 +19,16 @@
 //! - a cached answer does no I/O and no signature check.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
 use super::{client_error, error_response};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::Broker;
 use crate::metrics::Surface;
 
 /// The path SDKs are pointed at.
@@ -37,18 +37,14 @@ pub const CREDENTIALS_PATH: &str = "/v1/credentials";
 #[derive(Clone)]
 struct AppState {
     broker: Arc<Broker>,
-    request_timeout: Duration,
 }
 
 /// The router of the main listener.
-pub fn router(broker: Arc<Broker>, request_timeout: Duration) -> Router {
+pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route(CREDENTIALS_PATH, any(credentials))
         .fallback(not_found)
-        .with_state(AppState {
-            broker,
-            request_timeout,
-        })
+        .with_state(AppState { broker })
 }
 
 async fn not_found() -> Response {
@@ -127,19 +123,9 @@ async fn credentials(State(state): State<AppState>, request: Request) -> Respons
     let started = Instant::now();
     // The request by value: the `HeaderMap` extractor would clone every header per request.
     let response = answer(&state, request.method(), request.headers()).await;
-    let metrics = &state.broker.metrics;
-    if response.status() == StatusCode::OK {
-        metrics.hot.container_ok.inc();
-    } else {
-        metrics
-            .requests
-            .with_label_values(&[Surface::Container.as_str(), response.status().as_str()])
-            .inc();
-    }
-    metrics
-        .hot
-        .container_latency
-        .observe(started.elapsed().as_secs_f64());
+    state
+        .broker
+        .record_request(Surface::Container, response.status().as_str(), started);
     response
 }
 
@@ -157,12 +143,7 @@ async fn answer(state: &AppState, method: &Method, headers: &HeaderMap) -> Respo
         Ok(t) => t,
         Err(e) => return e.response(),
     };
-    let work = state.broker.credentials(token, Surface::Container);
-    let result = match tokio::time::timeout(state.request_timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(BrokerError::Timeout),
-    };
-    match result {
+    match state.broker.credentials(token, Surface::Container).await {
         Ok(issued) => (
             [
                 (

@@ -2,7 +2,7 @@
 //!
 //! Owns: the EC2 instance-metadata paths AWS SDKs use to load credentials, on their own
 //! listener at root paths (the JS SDK drops any path from the endpoint), serving one configured
-//! identity ([`crate::sources::ConfiguredIdentity`]).
+//! identity ([`crate::broker::ConfiguredIdentity`]).
 //!
 //! Promises:
 //! - `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds: 1..=21600` answers a
@@ -48,11 +48,11 @@ use sha2::{Digest as _, Sha256};
 use super::container::forwarded_refusal_with;
 use super::{client_error, error_response};
 use crate::broker::Broker;
+use crate::broker::ConfiguredIdentity;
 use crate::clock;
 use crate::config::ImdsConfig;
 use crate::metrics::Surface;
 use crate::secret::ZeroizingBytes;
-use crate::sources::ConfiguredIdentity;
 
 /// The session-token path.
 pub const TOKEN_PATH: &str = "/latest/api/token";
@@ -125,7 +125,6 @@ struct AppState {
     role_name: Arc<str>,
     allow_v1: bool,
     min_remaining: Duration,
-    request_timeout: Duration,
 }
 
 /// The router of the IMDS listener.
@@ -133,7 +132,6 @@ pub fn router(
     broker: Arc<Broker>,
     identity: Arc<ConfiguredIdentity>,
     config: &ImdsConfig,
-    request_timeout: Duration,
 ) -> Router {
     Router::new().fallback(handle).with_state(AppState {
         broker,
@@ -142,7 +140,6 @@ pub fn router(
         role_name: config.role_name.as_str().into(),
         allow_v1: config.allow_imdsv1,
         min_remaining: config.min_remaining,
-        request_timeout,
     })
 }
 
@@ -169,15 +166,9 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     let response = answer(&state, &method, uri.path(), &headers).await;
-    let metrics = &state.broker.metrics;
-    metrics
-        .requests
-        .with_label_values(&[Surface::Imds.as_str(), response.status().as_str()])
-        .inc();
-    metrics
-        .request_latency
-        .with_label_values(&[Surface::Imds.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    state
+        .broker
+        .record_request(Surface::Imds, response.status().as_str(), started);
     response
 }
 
@@ -293,18 +284,10 @@ fn put_token(state: &AppState, path: &str, headers: &HeaderMap) -> Response {
 }
 
 async fn credentials(state: &AppState) -> Response {
-    let work = state.identity.credentials(
-        &state.broker,
-        Surface::Imds,
-        state.min_remaining,
-        state.request_timeout,
-    );
-    let result = match tokio::time::timeout(state.request_timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(crate::sources::IdentityError::Broker(
-            crate::broker::BrokerError::Timeout,
-        )),
-    };
+    let result = state
+        .broker
+        .configured_credentials(&state.identity, Surface::Imds, state.min_remaining)
+        .await;
     match result {
         Ok(issued) => {
             let mut body = Vec::with_capacity(issued.container_body().len() + 96);

@@ -21,7 +21,7 @@
 //! - neither handles nor tokens are logged.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -34,11 +34,11 @@ use serde::Deserialize;
 
 use super::container::{bearer_token, forwarded_refusal};
 use super::{client_error, error_response, method_not_allowed};
+use crate::broker::RefreshLogin;
 use crate::broker::{Broker, BrokerError};
 use crate::clock;
 use crate::metrics::Surface;
 use crate::secret::SecretString;
-use crate::sessions::RefreshLogin;
 
 /// Where sessions are created.
 pub const SESSIONS_PATH: &str = "/v1/sessions";
@@ -50,11 +50,10 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 struct AppState {
     broker: Arc<Broker>,
-    request_timeout: Duration,
 }
 
 /// The session routes, to be merged into the main listener's router.
-pub fn router(broker: Arc<Broker>, request_timeout: Duration) -> Router {
+pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route(
             SESSIONS_PATH,
@@ -65,10 +64,7 @@ pub fn router(broker: Arc<Broker>, request_timeout: Duration) -> Router {
             delete(revoke).fallback(|| async { method_not_allowed("DELETE") }),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(AppState {
-            broker,
-            request_timeout,
-        })
+        .with_state(AppState { broker })
 }
 
 #[derive(Deserialize)]
@@ -138,13 +134,13 @@ async fn create_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         }
         (None, None) => None,
     };
-    let work = state
+    let created = match state
         .broker
-        .create_session(request.id_token.0.expose_str(), refresh, None);
-    let created = match tokio::time::timeout(state.request_timeout, work).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return refused(&e),
-        Err(_) => return refused(&BrokerError::Timeout),
+        .create_session(request.id_token.0.expose_str(), refresh, None)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return refused(&e),
     };
     let body = serde_json::json!({
         "session_token": created.handle.expose_str(),
@@ -214,17 +210,7 @@ fn no_store(mut response: Response) -> Response {
 }
 
 fn observe(broker: &Broker, started: Instant, response: &Response) {
-    let surface = Surface::Sessions.as_str();
-    broker
-        .metrics
-        .requests
-        .with_label_values(&[surface, response.status().as_str()])
-        .inc();
-    broker
-        .metrics
-        .request_latency
-        .with_label_values(&[surface])
-        .observe(started.elapsed().as_secs_f64());
+    broker.record_request(Surface::Sessions, response.status().as_str(), started);
 }
 
 trait ClassifyMessage {

@@ -3,13 +3,13 @@
 //! Owns: the [`IdentitySource`] abstraction (something that yields a fresh raw ID token on
 //! demand: [`refresh::RefreshTokenSource`] redeems an OIDC refresh token,
 //! [`file::TokenFileSource`] reads a file something else keeps fresh), the [`SourceDriver`] that
-//! runs one source for one identity, and the identities configured in the file
-//! ([`ConfiguredIdentity`], [`Configured`]).
+//! runs one source for one identity. They know nothing of the broker: the identities configured
+//! in the file are served by [`crate::broker::ConfiguredIdentity`].
 //!
 //! Promises:
 //! - every token a source yields is validated by the [`Validator`] like any caller's token
 //!   before it is used, and is then offered to the [`IdentityCache`], so the cache's background
-//!   refresh keeps Cognito credentials fresh for as long as the source keeps tokens fresh;
+//!   renewal keeps Cognito credentials fresh for as long as the source keeps tokens fresh;
 //! - the driver fetches again before the token expires (the source decides when: a fraction of
 //!   the token's lifetime with jitter for refresh tokens, a poll interval for files), never
 //!   sooner than the source's `min_interval` ([`MIN_FETCH_INTERVAL`] for refresh tokens) after
@@ -20,7 +20,7 @@
 //!   once, and nothing is retried until the source says its input changed;
 //! - the identity stays in the cache while it is configured (touched every half
 //!   `cache.idle_timeout`) and is held in use ([`crate::identity::Hold`]) while the driver
-//!   runs, so its credentials are refreshed ahead whether or not anyone asks and callers are
+//!   runs, so its credentials are renewed ahead whether or not anyone asks and callers are
 //!   served from cache;
 //! - tokens are never logged; logs name the identity and the provider.
 //!
@@ -30,7 +30,6 @@
 pub mod file;
 pub mod refresh;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -39,18 +38,13 @@ use rand::Rng as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError, ErrorReply};
-use crate::clock::{self, SharedClock};
-use crate::identity::{Hold, Identity, IdentityCache, Issued};
-use crate::metrics::Surface;
+use crate::clock::SharedClock;
+use crate::identity::{Hold, Identity, IdentityCache};
 use crate::oidc::{Provider, TokenError, Validator, VerifiedToken};
 use crate::secret::SecretString;
 
 /// A driver never fetches again sooner than this after a success.
 pub const MIN_FETCH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// IMDS-style callers trigger at most one early refresh per identity per this interval.
-const MIN_EARLY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// First backoff after a transient failure (doubles, with jitter).
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -139,24 +133,6 @@ impl SourceError {
             ),
         }
     }
-
-    /// The client-facing form.
-    pub fn reply(&self, identity: &str) -> ErrorReply {
-        let (status, code, retry_after) = match self.kind {
-            SourceErrorKind::ReloginRequired => (401, "ReloginRequired", None),
-            SourceErrorKind::Misconfigured => (500, "IdentitySourceMisconfigured", None),
-            SourceErrorKind::Transient => (503, "IdentitySourceUnavailable", Some(5)),
-            SourceErrorKind::InvalidToken(code) => (401, code, None),
-            SourceErrorKind::NotReady => (503, "IdentityNotReady", Some(1)),
-            SourceErrorKind::IdentityMismatch => (403, "RefreshTokenMismatch", None),
-        };
-        ErrorReply {
-            status,
-            code,
-            message: format!("identity {identity}: {}", self.message),
-            retry_after,
-        }
-    }
 }
 
 /// What a source currently provides.
@@ -190,8 +166,9 @@ pub struct SourceDriver {
 }
 
 impl SourceDriver {
-    /// A driver for `source`; `role` is the effective `CustomRoleArn`; `keepalive` how often the
-    /// identity is touched in the cache (half of `cache.idle_timeout`).
+    /// A driver for `source`; `role` is the `CustomRoleArn` asked for (`None`: the identity
+    /// cache's default); `keepalive` how often the identity is touched in the cache (half of
+    /// `cache.idle_timeout`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: impl Into<String>,
@@ -374,200 +351,6 @@ impl SourceDriver {
                 }
             }
         }
-    }
-}
-
-/// An identity configured in the file, as the surfaces see it.
-pub struct ConfiguredIdentity {
-    /// `[identities.<name>]`.
-    pub name: String,
-    /// Its `CustomRoleArn` (`role`, else `cognito.custom_role_arn`).
-    pub role: Option<Arc<str>>,
-    status: watch::Receiver<Status>,
-}
-
-impl std::fmt::Debug for ConfiguredIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConfiguredIdentity")
-            .field("name", &self.name)
-            .field("role", &self.role)
-            .finish()
-    }
-}
-
-/// Why a configured identity's credentials could not be served.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum IdentityError {
-    /// The source has no usable token.
-    #[error(transparent)]
-    Source(SourceError),
-    /// The broker failed (Cognito, limits).
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-}
-
-impl ConfiguredIdentity {
-    /// Follows the source's status.
-    pub fn new(
-        name: impl Into<String>,
-        role: Option<&str>,
-        status: watch::Receiver<Status>,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            role: role.map(Into::into),
-            status,
-        }
-    }
-
-    /// The current status.
-    pub fn status(&self) -> Status {
-        self.status.borrow().clone()
-    }
-
-    /// Waits (up to `wait`) for the first attempt to finish.
-    pub async fn ready(&self, wait: Duration) -> bool {
-        let mut rx = self.status.clone();
-        tokio::time::timeout(wait, rx.wait_for(|s| s.attempted))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// The newest token and, when it is not usable (expired), why. Waits up to `wait` while
-    /// the source is starting. A refresh token that needs a new login is an error even while
-    /// the last ID token is valid: the login was revoked.
-    async fn newest(
-        &self,
-        clock: &SharedClock,
-        wait: Duration,
-    ) -> Result<(Arc<VerifiedToken>, Option<SourceError>), SourceError> {
-        let mut rx = self.status.clone();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let status = rx.borrow_and_update().clone();
-            if let Some(p) = &status.problem
-                && p.kind == SourceErrorKind::ReloginRequired
-            {
-                return Err(p.clone());
-            }
-            if let Some(t) = status.token {
-                if t.expires_at > clock.now() {
-                    return Ok((t, None));
-                }
-                let why = status.problem.unwrap_or_else(|| {
-                    SourceError::new(
-                        SourceErrorKind::Transient,
-                        "the ID token expired and the source has not provided a newer one yet",
-                    )
-                });
-                return Ok((t, Some(why)));
-            }
-            if let Some(p) = status.problem {
-                return Err(p);
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => {
-                    return Err(SourceError::new(
-                        SourceErrorKind::NotReady,
-                        "the identity source has not provided a token yet",
-                    ));
-                }
-            }
-        }
-    }
-
-    /// The current usable (unexpired) token, waiting up to `wait` while the source is starting.
-    pub async fn token(
-        &self,
-        clock: &SharedClock,
-        wait: Duration,
-    ) -> Result<Arc<VerifiedToken>, SourceError> {
-        match self.newest(clock, wait).await? {
-            (token, None) => Ok(token),
-            (_, Some(why)) => Err(why),
-        }
-    }
-
-    /// Credentials for this identity on `surface`, with at least `min_remaining` left when a
-    /// refresh can provide that (at most one early refresh per identity per minute, and only
-    /// when Cognito's lifetimes are long enough for it to help).
-    pub async fn credentials(
-        &self,
-        broker: &Broker,
-        surface: Surface,
-        min_remaining: Duration,
-        wait: Duration,
-    ) -> Result<Arc<Issued>, IdentityError> {
-        let (token, unusable) = self
-            .newest(broker.clock(), wait)
-            .await
-            .map_err(IdentityError::Source)?;
-        let role = self.role.as_deref().or(broker.default_role());
-        let entry = broker.identities.entry(&token, role);
-        let now = broker.clock().now();
-        // Cached credentials stay servable while the source is failing (an IdP outage).
-        if let Some(current) = entry.current().filter(|c| c.servable_at(now)) {
-            let left = clock::saturating_sub(current.expires_at, now);
-            let lifetime = clock::saturating_sub(current.expires_at, current.obtained_at);
-            let age = clock::saturating_sub(now, current.obtained_at);
-            let issued = if unusable.is_none()
-                && left < min_remaining
-                && lifetime > min_remaining
-                && age >= MIN_EARLY_REFRESH_INTERVAL
-            {
-                match broker.identities.refresh(&entry, &token).await {
-                    Ok(fresh) if fresh.expires_at > current.expires_at => fresh,
-                    _ => current,
-                }
-            } else {
-                current
-            };
-            broker.metrics.hot.cache_hit.inc();
-            broker.handed_out(surface, &token, &issued);
-            return Ok(issued);
-        }
-        if let Some(why) = unusable {
-            return Err(IdentityError::Source(why));
-        }
-        Ok(broker
-            .credentials_for_token(&token, self.role.as_deref(), surface)
-            .await?)
-    }
-}
-
-impl IdentityError {
-    /// The client-facing form.
-    pub fn reply(&self, identity: &str) -> ErrorReply {
-        match self {
-            Self::Source(e) => e.reply(identity),
-            Self::Broker(e) => e.reply(),
-        }
-    }
-}
-
-/// The configured identities, by name.
-#[derive(Debug, Default)]
-pub struct Configured {
-    by_name: BTreeMap<String, Arc<ConfiguredIdentity>>,
-}
-
-impl Configured {
-    /// Adds one.
-    pub fn insert(&mut self, identity: ConfiguredIdentity) {
-        self.by_name
-            .insert(identity.name.clone(), Arc::new(identity));
-    }
-
-    /// By name.
-    pub fn get(&self, name: &str) -> Option<Arc<ConfiguredIdentity>> {
-        self.by_name.get(name).cloned()
-    }
-
-    /// All of them.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<ConfiguredIdentity>> {
-        self.by_name.values()
     }
 }
 

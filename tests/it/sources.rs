@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use credbroker::broker::IdentityError;
 use credbroker::identity::Issued;
 use credbroker::metrics::Surface;
-use credbroker::sources::IdentityError;
 use credbroker_emulators::oidc::{IssuerOptions, TokenSpec};
 
 use crate::support::{Harness, Tweaks};

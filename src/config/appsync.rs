@@ -1,0 +1,265 @@
+//! `[appsync]` and `[appsync.apis.<name>]`: the AppSync APIs GraphQL is forwarded to.
+
+use std::time::Duration;
+
+use url::Url;
+
+use super::cognito::is_region;
+use super::{Section, check_http_url};
+
+pub(super) const DEFAULT_APPSYNC_MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+pub(super) const DEFAULT_APPSYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) const DEFAULT_APPSYNC_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) const DEFAULT_APPSYNC_TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
+/// AppSync request forwarding: `POST /appsync/<name>/graphql` (and `/appsync/graphql` for the
+/// default API) on the main listener.
+#[derive(Debug, Clone)]
+pub struct AppSyncConfig {
+    /// The configured APIs, in name order. Empty: the AppSync routes answer 404.
+    pub apis: Vec<AppSyncApiConfig>,
+    /// Largest request body accepted from a caller; larger ones are answered 413 without
+    /// contacting AppSync.
+    pub max_body_bytes: usize,
+    /// Longest wait for AppSync's response head (AppSync itself gives up after 30 s); then 504.
+    pub timeout: Duration,
+    /// TCP + TLS connect timeout towards AppSync.
+    pub connect_timeout: Duration,
+    /// OIDC mode: a caller's ID token must stay valid at least this much longer, or the request
+    /// is refused with 401 instead of being forwarded with a dying token.
+    pub token_expiry_margin: Duration,
+}
+
+/// One AppSync GraphQL API, `[appsync.apis.<name>]`.
+#[derive(Debug, Clone)]
+pub struct AppSyncApiConfig {
+    /// The table name: the `<name>` in `/appsync/<name>/graphql`, and a metric label.
+    pub name: String,
+    /// The GraphQL endpoint, e.g. `https://<id>.appsync-api.<region>.amazonaws.com/graphql`.
+    pub url: Url,
+    /// The API's region (the SigV4 scope in IAM mode).
+    pub region: String,
+    /// How AppSync authenticates forwarded requests.
+    pub auth: AppSyncAuth,
+    /// Operation types callers may send; `None` forwards every operation unparsed.
+    pub allowed_operations: Option<Vec<OperationType>>,
+    /// Whether `/appsync/graphql` serves this API.
+    pub default: bool,
+}
+
+/// How credbroker authenticates to an AppSync API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppSyncAuth {
+    /// `OPENID_CONNECT`: the caller's raw ID token as `Authorization` (no `Bearer`).
+    Oidc,
+    /// `AWS_IAM`: SigV4 with the caller's Cognito credentials.
+    Iam,
+}
+
+impl AppSyncAuth {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Oidc => "oidc",
+            Self::Iam => "iam",
+        }
+    }
+}
+
+/// A GraphQL operation type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OperationType {
+    /// `query` (and the `{ ... }` shorthand).
+    Query,
+    /// `mutation`.
+    Mutation,
+    /// `subscription`.
+    Subscription,
+}
+
+impl OperationType {
+    /// The GraphQL keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Mutation => "mutation",
+            Self::Subscription => "subscription",
+        }
+    }
+
+    /// Parses the GraphQL keyword.
+    pub fn from_keyword(word: &str) -> Option<Self> {
+        Some(match word {
+            "query" => Self::Query,
+            "mutation" => Self::Mutation,
+            "subscription" => Self::Subscription,
+            _ => return None,
+        })
+    }
+}
+
+pub(super) fn build_appsync(s: &Section<'_>) -> Option<AppSyncConfig> {
+    let max_body_bytes = s.u64_in(
+        "max_body_bytes",
+        DEFAULT_APPSYNC_MAX_BODY_BYTES,
+        1024,
+        64 * 1024 * 1024,
+    );
+    let timeout = s.duration_in(
+        "timeout",
+        DEFAULT_APPSYNC_TIMEOUT,
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    );
+    let connect_timeout = s.duration_in(
+        "connect_timeout",
+        DEFAULT_APPSYNC_CONNECT_TIMEOUT,
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+    );
+    let token_expiry_margin = s.duration_in(
+        "token_expiry_margin",
+        DEFAULT_APPSYNC_TOKEN_EXPIRY_MARGIN,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
+    let table = s.section("apis");
+    let mut apis = Vec::new();
+    let mut defaults = Vec::new();
+    let mut ok = true;
+    for name in table.keys() {
+        let api = table.section(&name);
+        if api.bool_or("default", false) {
+            defaults.push(name.clone());
+        }
+        match build_appsync_api(&api, &name) {
+            Some(a) => apis.push(a),
+            None => ok = false,
+        }
+        api.finish();
+    }
+    table.finish();
+    if defaults.len() > 1 {
+        s.error(
+            "apis",
+            format!(
+                "only one API may set default = true (set by: {})",
+                defaults.join(", ")
+            ),
+        );
+        ok = false;
+    }
+    if let [only] = apis.as_mut_slice() {
+        // A single API is the default: `/appsync/graphql` needs no extra setting.
+        only.default = true;
+    }
+    let config = AppSyncConfig {
+        apis,
+        max_body_bytes: usize::try_from(max_body_bytes).ok()?,
+        timeout,
+        connect_timeout,
+        token_expiry_margin,
+    };
+    ok.then_some(config)
+}
+
+pub(super) fn build_appsync_api(s: &Section<'_>, name: &str) -> Option<AppSyncApiConfig> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid_name {
+        s.error_here("API names may contain only letters, digits, '_' and '-' (at most 64)");
+    }
+    let url = s
+        .required_str("url")
+        .and_then(|u| match check_http_url(&u, "the AppSync URL") {
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                s.error("url", "the GraphQL URL has no query or fragment");
+                None
+            }
+            Ok(url) => Some(url),
+            Err(msg) => {
+                s.error("url", msg);
+                None
+            }
+        });
+    let region = s.required_str("region").and_then(|r| {
+        if is_region(&r) {
+            Some(r)
+        } else {
+            s.error(
+                "region",
+                format!("{r:?} is not an AWS region name like \"us-east-1\""),
+            );
+            None
+        }
+    });
+    let auth = match s.required_str("auth").as_deref() {
+        Some("oidc") => Some(AppSyncAuth::Oidc),
+        Some("iam") => Some(AppSyncAuth::Iam),
+        Some(other) => {
+            s.error(
+                "auth",
+                format!(
+                    "{other:?} is not \"oidc\" (AppSync OPENID_CONNECT: the caller's ID token is \
+                     forwarded) or \"iam\" (AWS_IAM: requests are signed with the caller's \
+                     Cognito credentials)"
+                ),
+            );
+            None
+        }
+        None => None,
+    };
+    let allowed_operations = match s.str_list("allowed_operations") {
+        None if !s.has("allowed_operations") => Some(None),
+        None => None,
+        Some(words) => {
+            let mut types = Vec::new();
+            let mut valid = true;
+            for w in &words {
+                match OperationType::from_keyword(w) {
+                    Some(t) => types.push(t),
+                    None => {
+                        valid = false;
+                        s.error(
+                            "allowed_operations",
+                            format!(
+                                "{w:?} is not an operation type; list \"query\", \"mutation\" \
+                                 and/or \"subscription\" (operation names are chosen by the \
+                                 client and prove nothing; restrict fields with the schema's \
+                                 auth rules)"
+                            ),
+                        );
+                    }
+                }
+            }
+            if words.is_empty() {
+                valid = false;
+                s.error(
+                    "allowed_operations",
+                    "an empty list would refuse everything; remove the setting to allow all",
+                );
+            }
+            types.sort();
+            types.dedup();
+            valid.then_some(Some(types))
+        }
+    };
+    let default = s.bool_or("default", false);
+    Some(AppSyncApiConfig {
+        name: name.to_owned(),
+        url: url?,
+        region: region?,
+        auth: auth?,
+        allowed_operations: allowed_operations?,
+        default,
+    })
+    .filter(|_| valid_name)
+}
+
+// ---- Configured identities and the IMDS endpoint (issue #3) ----

@@ -1,0 +1,344 @@
+//! The single-flight exchange with Cognito (one task per identity, shared by every waiting
+//! caller), the failure memory (terminal refusals per token for `cache.negative_ttl`) and the
+//! backoff of transient failures.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use rand::Rng;
+
+use crate::clock;
+use crate::cognito::{ErrorKind, Login, RawCredentials, UpstreamError};
+use crate::oidc::VerifiedToken;
+
+use super::{ASKED, Identity, Inflight, Issued, Shared, State, Trigger, lock, publish};
+
+/// Why credentials could not be obtained (cloneable: shared by every waiting caller).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct FetchError {
+    /// The upstream class, or `Unexpected` for local problems.
+    pub kind: ErrorKind,
+    /// What happened (Cognito's message when it gave one).
+    pub message: String,
+    /// When a retry makes sense (transient failures).
+    pub retry_after: Option<Duration>,
+}
+
+impl FetchError {
+    pub(super) fn from_upstream(e: &UpstreamError) -> Self {
+        Self {
+            kind: e.kind,
+            message: format!("{}: {}", e.operation, e.message),
+            retry_after: None,
+        }
+    }
+
+    pub(super) fn local(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Unexpected,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+pub(super) struct Failure {
+    until: SystemTime,
+    error: FetchError,
+    /// For terminal refusals: only this token's retries are short-circuited.
+    token_digest: Option<[u8; 32]>,
+}
+
+impl Shared {
+    pub(super) fn remembered_failure(
+        &self,
+        entry: &Identity,
+        token: &VerifiedToken,
+        now: SystemTime,
+    ) -> Option<FetchError> {
+        let failure = lock(&entry.failure);
+        let f = failure.as_ref()?;
+        if now >= f.until {
+            return None;
+        }
+        let applies = match f.token_digest {
+            Some(digest) => digest == token.digest,
+            None => true,
+        };
+        applies.then(|| FetchError {
+            retry_after: Some(clock::saturating_sub(f.until, now).max(Duration::from_secs(1))),
+            ..f.error.clone()
+        })
+    }
+
+    /// Joins the exchange in flight for `entry`, or starts one with `token`. With
+    /// `reuse_servable`, servable credentials published since the caller looked are used instead.
+    pub(super) fn start_fetch(
+        &self,
+        this: &Arc<Shared>,
+        entry: &Arc<Identity>,
+        token: Arc<VerifiedToken>,
+        trigger: Trigger,
+        reuse_servable: bool,
+    ) -> Inflight {
+        let mut slot = lock(&entry.inflight);
+        if reuse_servable && let Some(current) = self.servable(entry) {
+            // An exchange finished between the caller's cache check and this lock (exchanges
+            // publish before they release the slot): use it rather than start a second one.
+            let ready: BoxFuture<'static, Result<Arc<Issued>, FetchError>> =
+                Box::pin(std::future::ready(Ok(current)));
+            return ready.shared();
+        }
+        if let Some(f) = slot.as_ref() {
+            if trigger == Trigger::OnDemand {
+                self.metrics
+                    .cache_lookups
+                    .with_label_values(&["joined"])
+                    .inc();
+            }
+            return f.clone();
+        }
+        if trigger == Trigger::OnDemand {
+            self.metrics
+                .cache_lookups
+                .with_label_values(&["miss"])
+                .inc();
+        }
+        let shared = this.clone();
+        let task_entry = entry.clone();
+        let handle = tokio::spawn(async move {
+            let result = shared.exchange(&task_entry, &token, trigger).await;
+            lock(&task_entry.inflight).take();
+            result
+        });
+        let fut: BoxFuture<'static, Result<Arc<Issued>, FetchError>> = Box::pin(async move {
+            handle
+                .await
+                .unwrap_or_else(|e| Err(FetchError::local(format!("exchange task failed: {e}"))))
+        });
+        let fut = fut.shared();
+        *slot = Some(fut.clone());
+        fut
+    }
+
+    /// GetId (once) + GetCredentialsForIdentity, then store, publish and schedule.
+    pub(super) async fn exchange(
+        &self,
+        entry: &Arc<Identity>,
+        token: &Arc<VerifiedToken>,
+        trigger: Trigger,
+    ) -> Result<Arc<Issued>, FetchError> {
+        let result = self.exchange_inner(entry, token).await;
+        let now = self.clock.now();
+        let outcome = match &result {
+            Ok(issued) => self.obtained(entry, issued, trigger, now),
+            Err(e) => self.failed(entry, token, e, trigger, now),
+        };
+        self.metrics
+            .refreshes
+            .with_label_values(&[trigger.label(), outcome])
+            .inc();
+        match result {
+            Ok(issued) => Ok(entry.current.load_full().unwrap_or(issued)),
+            Err(e) => Err(FetchError {
+                retry_after: (e.kind.is_retryable()).then(|| self.current_backoff(entry)),
+                ..e
+            }),
+        }
+    }
+
+    /// Stores, publishes and schedules a successful exchange's credentials (unless they do
+    /// not extend what is held); returns the outcome label.
+    fn obtained(
+        &self,
+        entry: &Arc<Identity>,
+        issued: &Arc<Issued>,
+        trigger: Trigger,
+        now: SystemTime,
+    ) -> &'static str {
+        let previous = entry.current.load_full();
+        let extends = previous
+            .as_ref()
+            .is_none_or(|p| issued.expires_at > p.expires_at);
+        if extends {
+            if trigger == Trigger::Ahead {
+                // Nobody has this set yet: it counts as used once someone asks. Cleared
+                // before the store, so an ask racing with it counts for the new set.
+                entry.usage.fetch_and(!ASKED, Ordering::AcqRel);
+            }
+            entry.current.store(Some(issued.clone()));
+            *lock(&entry.failure) = None;
+            entry.consecutive_failures.store(0, Ordering::Relaxed);
+            entry
+                .last_refresh_ms
+                .store(clock::unix_millis(now), Ordering::Relaxed);
+            entry.set_state(State::Active);
+            if let Some(tx) = entry.updates.get() {
+                publish(tx, issued.clone());
+            }
+            self.schedule(entry, issued.plan.refresh_at, now);
+            tracing::debug!(
+                target: "credbroker::identity",
+                issuer = %entry.key.issuer,
+                trigger = trigger.label(),
+                expiration = issued.expiration(),
+                "credentials obtained"
+            );
+            "ok"
+        } else {
+            // The upstream handed back credentials that expire no later than what we
+            // hold (moto does this): keep ours and back off instead of looping.
+            let pause = self.backoff(entry);
+            self.schedule(entry, now + pause, now);
+            tracing::warn!(
+                target: "credbroker::identity",
+                issuer = %entry.key.issuer,
+                "refresh returned credentials that do not extend the expiry; backing off"
+            );
+            "stale"
+        }
+    }
+
+    /// Remembers a failed exchange (per token when terminal) and schedules the next attempt or
+    /// the idle check; returns the outcome label.
+    fn failed(
+        &self,
+        entry: &Arc<Identity>,
+        token: &VerifiedToken,
+        e: &FetchError,
+        trigger: Trigger,
+        now: SystemTime,
+    ) -> &'static str {
+        let terminal = !e.kind.is_retryable();
+        let until = if terminal {
+            now + self.config.negative_ttl
+        } else {
+            now + self.backoff(entry)
+        };
+        *lock(&entry.failure) = Some(Failure {
+            until,
+            error: e.clone(),
+            token_digest: terminal.then_some(token.digest),
+        });
+        entry.set_state(State::Failing);
+        let servable = entry
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.servable_at(now));
+        if servable {
+            // Keep serving; try again after the backoff.
+            self.schedule(entry, until, now);
+        } else {
+            self.schedule_idle_check(entry, now);
+        }
+        tracing::warn!(
+            target: "credbroker::identity",
+            issuer = %entry.key.issuer,
+            trigger = trigger.label(),
+            kind = e.kind.label(),
+            error = %e.message,
+            "credential exchange failed"
+        );
+        "failed"
+    }
+
+    pub(super) async fn exchange_inner(
+        &self,
+        entry: &Identity,
+        token: &VerifiedToken,
+    ) -> Result<Arc<Issued>, FetchError> {
+        let login = Login {
+            key: &entry.provider.config.logins_key,
+            token: &token.raw,
+        };
+        let cached_id = entry.identity_id();
+        let identity_id: Arc<str> = match &cached_id {
+            Some(id) => id.clone(),
+            None => self
+                .exchanger
+                .get_id(login)
+                .await
+                .map_err(|e| FetchError::from_upstream(&e))?
+                .into(),
+        };
+        let role = entry.key.role.as_deref();
+        let raw = match self
+            .exchanger
+            .get_credentials(&identity_id, login, role)
+            .await
+        {
+            Ok(raw) => raw,
+            // A cached identity id can disappear (identity deleted, pool recreated): ask again once.
+            Err(e) if e.kind == ErrorKind::ResourceNotFound && cached_id.is_some() => {
+                *lock(&entry.identity_id) = None;
+                let fresh: Arc<str> = self
+                    .exchanger
+                    .get_id(login)
+                    .await
+                    .map_err(|e| FetchError::from_upstream(&e))?
+                    .into();
+                *lock(&entry.identity_id) = Some(fresh.clone());
+                return self.build(entry, fresh, &token.raw, role).await;
+            }
+            Err(e) => return Err(FetchError::from_upstream(&e)),
+        };
+        *lock(&entry.identity_id) = Some(identity_id.clone());
+        self.issue(identity_id, &raw)
+    }
+
+    pub(super) async fn build(
+        &self,
+        entry: &Identity,
+        identity_id: Arc<str>,
+        token: &crate::secret::SecretString,
+        role: Option<&str>,
+    ) -> Result<Arc<Issued>, FetchError> {
+        let login = Login {
+            key: &entry.provider.config.logins_key,
+            token,
+        };
+        let raw = self
+            .exchanger
+            .get_credentials(&identity_id, login, role)
+            .await
+            .map_err(|e| FetchError::from_upstream(&e))?;
+        self.issue(identity_id, &raw)
+    }
+
+    pub(super) fn issue(
+        &self,
+        identity_id: Arc<str>,
+        raw: &RawCredentials,
+    ) -> Result<Arc<Issued>, FetchError> {
+        let now = self.clock.now();
+        Issued::new(
+            identity_id,
+            raw,
+            self.account_id.as_deref(),
+            now,
+            &self.policy,
+            rand::thread_rng().r#gen::<f64>(),
+        )
+        .map(Arc::new)
+        .map_err(|e| FetchError::local(e.to_string()))
+    }
+
+    /// Next backoff for consecutive failures: 1 s doubling, capped.
+    pub(super) fn backoff(&self, entry: &Identity) -> Duration {
+        let n = entry.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        Duration::from_secs(1u64 << n.min(16)).min(self.config.failure_backoff_max)
+    }
+
+    pub(super) fn current_backoff(&self, entry: &Identity) -> Duration {
+        let n = entry
+            .consecutive_failures
+            .load(Ordering::Relaxed)
+            .saturating_sub(1);
+        Duration::from_secs(1u64 << n.min(16)).min(self.config.failure_backoff_max)
+    }
+}

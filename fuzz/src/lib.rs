@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use credbroker::clock::{Clock, SharedClock};
 use credbroker::config::Config;
-use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
 use credbroker::metrics::Metrics;
 use credbroker::oidc::Validator;
+use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
 
 pub mod cognito;
 pub mod routes;

@@ -20,15 +20,15 @@ use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
 use credbroker::broker::{Broker, ConfiguredIdentity, SessionRefresh};
-use credbroker::cognito::{CognitoApi, Exchanger, RetryPolicy};
-use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
-use credbroker_emulators::oidc::{OidcIssuer, TokenSpec};
+use credbroker::cognito::CognitoApi;
 use credbroker::identity::IdentityCache;
 use credbroker::metrics::Metrics;
 use credbroker::server::{appsync, container, imds, sessions};
+use credbroker::sources::SourceDriver;
 use credbroker::sources::file::TokenFileSource;
 use credbroker::sources::refresh::TokenEndpoint;
-use credbroker::sources::SourceDriver;
+use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
+use credbroker_emulators::oidc::{OidcIssuer, TokenSpec};
 use http_body_util::BodyExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -132,20 +132,8 @@ default = true
             ));
             validator.load_all().await;
             let api: Arc<dyn CognitoApi> = Arc::new(cognito.clone());
-            let exchanger = Exchanger::new(
-                api,
-                &config.cognito.identity_pool_id,
-                RetryPolicy::from_config(&config.cognito),
-                metrics.clone(),
-            );
-            let identities = IdentityCache::new(
-                exchanger,
-                &config.cache,
-                &config.cognito,
-                config.tokens.min_token_validity,
-                clock.clone(),
-                metrics.clone(),
-            );
+            let identities =
+                IdentityCache::from_config(api, &config, clock.clone(), metrics.clone());
             let endpoint: Arc<dyn TokenEndpoint> = Arc::new(issuer.clone());
             let background = TaskTracker::new();
             let stop = CancellationToken::new();

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use credbroker::clock::SharedClock;
-use credbroker_emulators::oidc::OidcIssuer;
 use credbroker::oidc::{Validator, VerifiedToken};
+use credbroker_emulators::oidc::OidcIssuer;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use serde_json::Value;
 

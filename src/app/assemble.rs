@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::Overrides;
 use crate::broker::{Broker, Configured, ConfiguredIdentity, SessionRefresh, Settings};
 use crate::clock;
-use crate::cognito::{Exchanger, RetryPolicy, SdkCognito};
+use crate::cognito::SdkCognito;
 use crate::config::{Config, DEFAULT_REFRESH_FRACTION, IdentityConfig, SourceConfig};
 use crate::identity::IdentityCache;
 use crate::metrics::Metrics;
@@ -56,17 +56,9 @@ pub(super) fn core(config: &Config, overrides: Overrides, background: &Backgroun
         .cognito
         .unwrap_or_else(|| Arc::new(SdkCognito::new(&config.cognito)));
     let cognito_watch = Arc::new(CognitoWatch::new(clock.clone()));
-    let exchanger = Exchanger::new(
+    let identities = IdentityCache::from_config(
         Arc::new(Watched::new(api.clone(), cognito_watch.clone())),
-        &config.cognito.identity_pool_id,
-        RetryPolicy::from_config(&config.cognito),
-        metrics.clone(),
-    );
-    let identities = IdentityCache::new(
-        exchanger,
-        &config.cache,
-        &config.cognito,
-        config.tokens.min_token_validity,
+        config,
         clock.clone(),
         metrics.clone(),
     );

@@ -9,9 +9,7 @@ use std::time::{Duration, SystemTime};
 use super::Check;
 use crate::broker::{self, Broker, BrokerError};
 use crate::clock::{self, SharedClock};
-use crate::cognito::{
-    BoxFuture, CognitoApi, Exchanger, Login, Operation, RawCredentials, RetryPolicy, UpstreamError,
-};
+use crate::cognito::{BoxFuture, CognitoApi, Login, Operation, RawCredentials, UpstreamError};
 use crate::config::Config;
 use crate::identity::{FetchError, IdentityCache};
 use crate::metrics::Metrics;
@@ -37,20 +35,8 @@ impl Exchange {
             inner: api,
             calls: Mutex::new(Vec::new()),
         });
-        let exchanger = Exchanger::new(
-            recorder.clone(),
-            &config.cognito.identity_pool_id,
-            RetryPolicy::from_config(&config.cognito),
-            metrics.clone(),
-        );
-        let identities = IdentityCache::new(
-            exchanger,
-            &config.cache,
-            &config.cognito,
-            config.tokens.min_token_validity,
-            clock.clone(),
-            metrics.clone(),
-        );
+        let identities =
+            IdentityCache::from_config(recorder.clone(), config, clock.clone(), metrics.clone());
         let broker = Arc::new(Broker::new(
             validator.clone(),
             identities,

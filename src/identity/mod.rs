@@ -54,8 +54,8 @@ use futures_util::future::{self, BoxFuture};
 use tokio::sync::{Notify, watch};
 
 use crate::clock::{self, SharedClock};
-use crate::cognito::Exchanger;
-use crate::config::{CacheConfig, CognitoConfig};
+use crate::cognito::{CognitoApi, Exchanger, RetryPolicy};
+use crate::config::{CacheConfig, CognitoConfig, Config};
 use crate::metrics::Metrics;
 use crate::oidc::{Provider, VerifiedToken};
 
@@ -391,6 +391,31 @@ impl fmt::Debug for IdentityCache {
 }
 
 impl IdentityCache {
+    /// An empty cache exchanging through `api` with the settings of `config` (`[cognito]`,
+    /// `[cache]`, `tokens.min_token_validity`): how the daemon, `doctor` and the fuzz targets
+    /// build theirs.
+    pub fn from_config(
+        api: Arc<dyn CognitoApi>,
+        config: &Config,
+        clock: SharedClock,
+        metrics: Metrics,
+    ) -> Self {
+        let exchanger = Exchanger::new(
+            api,
+            &config.cognito.identity_pool_id,
+            RetryPolicy::from_config(&config.cognito),
+            metrics.clone(),
+        );
+        Self::new(
+            exchanger,
+            &config.cache,
+            &config.cognito,
+            config.tokens.min_token_validity,
+            clock,
+            metrics,
+        )
+    }
+
     /// An empty cache. `account_id` and `default_role` come from `[cognito]`: the first goes
     /// into every credential set, the second is the role of callers that name none.
     pub fn new(

@@ -113,8 +113,7 @@ mod tests {
     use super::*;
     use crate::clock;
     use crate::cognito::{
-        BoxFuture, CognitoApi, ErrorKind, Exchanger, Login, Operation, RawCredentials, RetryPolicy,
-        UpstreamError,
+        BoxFuture, CognitoApi, ErrorKind, Login, Operation, RawCredentials, UpstreamError,
     };
     use crate::config::Config;
     use crate::identity::IdentityCache;
@@ -193,16 +192,9 @@ mod tests {
             metrics.clone(),
         ));
         let watch = Arc::new(CognitoWatch::new(clock.clone()));
-        let identities = IdentityCache::new(
-            Exchanger::new(
-                Arc::new(Watched::new(api.clone(), watch.clone())),
-                &config.cognito.identity_pool_id,
-                RetryPolicy::from_config(&config.cognito),
-                metrics.clone(),
-            ),
-            &config.cache,
-            &config.cognito,
-            config.tokens.min_token_validity,
+        let identities = IdentityCache::from_config(
+            Arc::new(Watched::new(api.clone(), watch.clone())),
+            &config,
             clock.clone(),
             metrics.clone(),
         );

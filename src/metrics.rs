@@ -154,82 +154,233 @@ const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0,
 ];
 
-impl Metrics {
-    /// Creates every metric, registered in a fresh registry. `providers` are the configured
-    /// provider names (pre-resolved for the hot path).
-    pub fn new(providers: &[String]) -> Self {
-        let registry = Registry::new_custom(Some("credbroker".to_owned()), None)
-            .expect("a constant prefix is valid");
+/// One metric family: its name (after the `credbroker_` prefix), help text and label names.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
 
-        fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        }
-        fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                labels,
-            )
-            .expect("valid metric");
-            r.register(Box::new(h.clone())).expect("unique metric");
-            h
-        }
-        fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
-            let g = Gauge::new(name, help).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        }
+// ---- The families, by area ----
 
-        let r = &registry;
-        let token_validations = counter_vec(
-            r,
-            "token_validations_total",
-            "ID token validations by provider and outcome (ok, cached, or the rejection code).",
-            &["provider", "outcome"],
-        );
-        let cache_lookups = counter_vec(
-            r,
-            "cache_lookups_total",
-            "Identity cache lookups: hit (usable credentials cached), miss (upstream exchange \
-             started), joined (waited on an exchange already in flight), negative (recent \
-             failure remembered, no upstream call).",
-            &["result"],
-        );
-        let requests = counter_vec(
-            r,
-            "requests_total",
-            "Requests by surface and HTTP-equivalent status.",
-            &["surface", "status"],
-        );
-        let request_latency = histogram_vec(
-            r,
-            "request_duration_seconds",
-            "Time to answer a request, by surface.",
-            &["surface"],
-        );
-        let identities_cached =
-            IntGauge::new("identities_cached", "Identities in the cache.").expect("valid metric");
-        r.register(Box::new(identities_cached.clone()))
+// Token validation and the providers' documents.
+const TOKEN_VALIDATIONS: Family = Family {
+    name: "token_validations_total",
+    help: "ID token validations by provider and outcome (ok, cached, or the rejection code).",
+    labels: &["provider", "outcome"],
+};
+const JWKS_FETCHES: Family = Family {
+    name: "jwks_fetches_total",
+    help: "Discovery + JWKS fetches by provider and result (ok, error).",
+    labels: &["provider", "result"],
+};
+const JWKS_REFETCH_SUPPRESSED: Family = Family {
+    name: "jwks_refetches_suppressed_total",
+    help: "Unknown-kid JWKS refetches skipped because one happened within \
+           tokens.jwks_refetch_interval.",
+    labels: &["provider"],
+};
+const JWKS_ROTATIONS: Family = Family {
+    name: "jwks_key_rotations_total",
+    help: "JWKS fetches that changed the set of key ids.",
+    labels: &["provider"],
+};
+const PROVIDER_KEYS_LOADED: Family = Family {
+    name: "provider_keys_loaded",
+    help: "1 once the provider's discovery document and JWKS loaded at least once, else 0.",
+    labels: &["provider"],
+};
+
+// Cognito Identity calls and readiness probes.
+const COGNITO_CALLS: Family = Family {
+    name: "cognito_calls_total",
+    help: "Cognito Identity calls (each attempt) by operation and outcome.",
+    labels: &["operation", "outcome"],
+};
+const COGNITO_LATENCY: Family = Family {
+    name: "cognito_call_duration_seconds",
+    help: "Latency of one Cognito Identity call attempt, by operation.",
+    labels: &["operation"],
+};
+const COGNITO_RETRIES: Family = Family {
+    name: "cognito_retries_total",
+    help: "Cognito Identity attempts that were retries, by operation.",
+    labels: &["operation"],
+};
+const COGNITO_REACHABLE: Family = Family {
+    name: "cognito_reachable",
+    help: "1 when Cognito's last answer to a call or probe shows the endpoint answers, else 0.",
+    labels: &[],
+};
+const COGNITO_PROBES: Family = Family {
+    name: "cognito_probes_total",
+    help: "Readiness probes of the Cognito endpoint (unsigned GetId with a placeholder \
+           login), by outcome (answered, or the failure class).",
+    labels: &["outcome"],
+};
+
+// The identity cache and its renewals.
+const CACHE_LOOKUPS: Family = Family {
+    name: "cache_lookups_total",
+    help: "Identity cache lookups: hit (usable credentials cached), miss (upstream exchange \
+           started), joined (waited on an exchange already in flight), negative (recent \
+           failure remembered, no upstream call).",
+    labels: &["result"],
+};
+const CACHE_EVICTIONS: Family = Family {
+    name: "cache_evictions_total",
+    help: "Identities removed from the cache, by cause (idle, capacity, revoked, replaced).",
+    labels: &["cause"],
+};
+const IDENTITIES_CACHED: Family = Family {
+    name: "identities_cached",
+    help: "Identities in the cache.",
+    labels: &[],
+};
+const REFRESHES: Family = Family {
+    name: "refreshes_total",
+    help: "Credential refreshes by trigger (ahead, on_demand) and result (ok, failed, \
+           stale, skipped_token_expired, skipped_unused).",
+    labels: &["trigger", "result"],
+};
+const SOONEST_CREDENTIAL_EXPIRY: Family = Family {
+    name: "soonest_credential_expiry_seconds",
+    help: "Seconds until the soonest expiry among cached credentials (+Inf when none).",
+    labels: &[],
+};
+const SOONEST_TOKEN_EXPIRY: Family = Family {
+    name: "soonest_token_expiry_seconds",
+    help: "Seconds until the soonest expiry among ID tokens held for refresh (+Inf when \
+           none).",
+    labels: &[],
+};
+const SERVED_BELOW_MIN_REMAINING: Family = Family {
+    name: "served_below_min_remaining_total",
+    help: "Credential sets served with less than the effective min_remaining left (should \
+           stay 0).",
+    labels: &[],
+};
+
+// The surfaces' requests and the credential sets they hand out.
+const REQUESTS: Family = Family {
+    name: "requests_total",
+    help: "Requests by surface and HTTP-equivalent status.",
+    labels: &["surface", "status"],
+};
+const REQUEST_LATENCY: Family = Family {
+    name: "request_duration_seconds",
+    help: "Time to answer a request, by surface.",
+    labels: &["surface"],
+};
+const ISSUED: Family = Family {
+    name: "credentials_issued_total",
+    help: "Credential sets handed to callers, by surface (one audit log line each).",
+    labels: &["surface"],
+};
+
+// The AppSync forwarder.
+const APPSYNC_UPSTREAM: Family = Family {
+    name: "appsync_upstream_responses_total",
+    help: "Requests forwarded to AppSync by configured API and outcome (2xx, 3xx, 4xx, \
+           5xx, timeout, unreachable).",
+    labels: &["api", "outcome"],
+};
+const APPSYNC_UPSTREAM_LATENCY: Family = Family {
+    name: "appsync_upstream_duration_seconds",
+    help: "Time from forwarding a request to AppSync's answer head, by configured API.",
+    labels: &["api"],
+};
+
+// The HTTP listeners.
+const HTTP_CONNECTIONS: Family = Family {
+    name: "http_connections",
+    help: "Open HTTP connections, by listener (main, imds, admin).",
+    labels: &["listener"],
+};
+const HTTP_CONNECTIONS_SHED: Family = Family {
+    name: "http_connections_shed_total",
+    help: "HTTP connections closed to free a slot for a new one while every slot was \
+           taken; only connections without a complete request are shed.",
+    labels: &["listener"],
+};
+const HTTP_HOST_REFUSALS: Family = Family {
+    name: "http_host_refusals_total",
+    help: "Requests refused with 403 HostNotAllowed (DNS-rebinding guard), by listener.",
+    labels: &["listener"],
+};
+
+// The process as a whole: readiness and the build.
+const READY: Family = Family {
+    name: "ready",
+    help: "1 when /readyz answers 200 (keys loaded, Cognito answers, not shutting down), else 0.",
+    labels: &[],
+};
+const BUILD_INFO: Family = Family {
+    name: "build_info",
+    help: "Always 1; the version label says which credbroker build runs.",
+    labels: &["version"],
+};
+
+/// Creates metrics of a [`Family`] and registers them (names and labels are constants, so
+/// neither step can fail but by a programming error).
+struct Register<'a>(&'a Registry);
+
+impl Register<'_> {
+    fn add<M: Collector + Clone + 'static>(&self, metric: M) -> M {
+        self.0
+            .register(Box::new(metric.clone()))
             .expect("unique metric");
-        let served_below_min_remaining = IntCounter::new(
-            "served_below_min_remaining_total",
-            "Credential sets served with less than the effective min_remaining left (should \
-             stay 0).",
-        )
-        .expect("valid metric");
-        r.register(Box::new(served_below_min_remaining.clone()))
-            .expect("unique metric");
+        metric
+    }
 
-        let process = Registry::new();
-        #[cfg(target_os = "linux")]
-        {
-            let pc = prometheus::process_collector::ProcessCollector::for_self();
-            // A second registration (several brokers in one test process) is harmless to skip.
-            let _ = process.register(Box::new(pc));
-        }
+    fn counter(&self, f: &Family) -> IntCounter {
+        self.add(IntCounter::new(f.name, f.help).expect("valid metric"))
+    }
 
-        let hot = HotPath {
+    fn counter_vec(&self, f: &Family) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(f.name, f.help), f.labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, f: &Family) -> Gauge {
+        self.add(Gauge::new(f.name, f.help).expect("valid metric"))
+    }
+
+    fn int_gauge(&self, f: &Family) -> IntGauge {
+        self.add(IntGauge::new(f.name, f.help).expect("valid metric"))
+    }
+
+    fn int_gauge_vec(&self, f: &Family) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(f.name, f.help), f.labels).expect("valid metric"))
+    }
+
+    /// A latency histogram ([`LATENCY_BUCKETS`]).
+    fn histogram_vec(&self, f: &Family) -> HistogramVec {
+        let opts = HistogramOpts::new(f.name, f.help).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, f.labels).expect("valid metric"))
+    }
+}
+
+/// The `process_*` metrics, in a registry of their own (no `credbroker_` prefix).
+fn process_registry() -> Registry {
+    let process = Registry::new();
+    #[cfg(target_os = "linux")]
+    {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        // A second registration (several brokers in one test process) is harmless to skip.
+        let _ = process.register(Box::new(pc));
+    }
+    process
+}
+
+impl HotPath {
+    fn resolve(
+        providers: &[String],
+        token_validations: &IntCounterVec,
+        cache_lookups: &IntCounterVec,
+        requests: &IntCounterVec,
+        request_latency: &HistogramVec,
+    ) -> Self {
+        Self {
             cache_hit: cache_lookups.with_label_values(&["hit"]),
             container_ok: requests.with_label_values(&[Surface::Container.as_str(), "200"]),
             container_latency: request_latency.with_label_values(&[Surface::Container.as_str()]),
@@ -242,164 +393,59 @@ impl Metrics {
                     )
                 })
                 .collect(),
-        };
-
-        let int_gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let provider_keys_loaded = int_gauge_vec(
-            "provider_keys_loaded",
-            "1 once the provider's discovery document and JWKS loaded at least once, else 0.",
-            &["provider"],
-        );
-        for p in providers {
-            provider_keys_loaded.with_label_values(&[p.as_str()]).set(0);
         }
-        let build_info = int_gauge_vec(
-            "build_info",
-            "Always 1; the version label says which credbroker build runs.",
-            &["version"],
-        );
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        let ready = int_gauge(
-            "ready",
-            "1 when /readyz answers 200 (keys loaded, Cognito answers, not shutting down), else 0.",
-        );
-        let cognito_reachable = int_gauge(
-            "cognito_reachable",
-            "1 when Cognito's last answer to a call or probe shows the endpoint answers, else 0.",
-        );
+    }
+}
 
-        let http_connections = int_gauge_vec(
-            "http_connections",
-            "Open HTTP connections, by listener (main, imds, admin).",
-            &["listener"],
+impl Metrics {
+    /// Creates every metric, registered in a fresh registry. `providers` are the configured
+    /// provider names (pre-resolved for the hot path).
+    pub fn new(providers: &[String]) -> Self {
+        let registry = Registry::new_custom(Some("credbroker".to_owned()), None)
+            .expect("a constant prefix is valid");
+        let r = Register(&registry);
+        let token_validations = r.counter_vec(&TOKEN_VALIDATIONS);
+        let cache_lookups = r.counter_vec(&CACHE_LOOKUPS);
+        let requests = r.counter_vec(&REQUESTS);
+        let request_latency = r.histogram_vec(&REQUEST_LATENCY);
+        let hot = HotPath::resolve(
+            providers,
+            &token_validations,
+            &cache_lookups,
+            &requests,
+            &request_latency,
         );
-
         let inner = Inner {
-            http_connections,
-            http_connections_shed: counter_vec(
-                r,
-                "http_connections_shed_total",
-                "HTTP connections closed to free a slot for a new one while every slot was \
-                 taken; only connections without a complete request are shed.",
-                &["listener"],
-            ),
-            http_host_refusals: counter_vec(
-                r,
-                "http_host_refusals_total",
-                "Requests refused with 403 HostNotAllowed (DNS-rebinding guard), by listener.",
-                &["listener"],
-            ),
-            ready,
-            provider_keys_loaded,
-            cognito_reachable,
-            cognito_probes: counter_vec(
-                r,
-                "cognito_probes_total",
-                "Readiness probes of the Cognito endpoint (unsigned GetId with a placeholder \
-                 login), by outcome (answered, or the failure class).",
-                &["outcome"],
-            ),
-            build_info,
-            jwks_fetches: counter_vec(
-                r,
-                "jwks_fetches_total",
-                "Discovery + JWKS fetches by provider and result (ok, error).",
-                &["provider", "result"],
-            ),
-            jwks_refetch_suppressed: counter_vec(
-                r,
-                "jwks_refetches_suppressed_total",
-                "Unknown-kid JWKS refetches skipped because one happened within \
-                 tokens.jwks_refetch_interval.",
-                &["provider"],
-            ),
-            jwks_rotations: counter_vec(
-                r,
-                "jwks_key_rotations_total",
-                "JWKS fetches that changed the set of key ids.",
-                &["provider"],
-            ),
-            cognito_calls: counter_vec(
-                r,
-                "cognito_calls_total",
-                "Cognito Identity calls (each attempt) by operation and outcome.",
-                &["operation", "outcome"],
-            ),
-            cognito_latency: histogram_vec(
-                r,
-                "cognito_call_duration_seconds",
-                "Latency of one Cognito Identity call attempt, by operation.",
-                &["operation"],
-            ),
-            cognito_retries: counter_vec(
-                r,
-                "cognito_retries_total",
-                "Cognito Identity attempts that were retries, by operation.",
-                &["operation"],
-            ),
-            cache_evictions: counter_vec(
-                r,
-                "cache_evictions_total",
-                "Identities removed from the cache, by cause (idle, capacity, revoked, replaced).",
-                &["cause"],
-            ),
-            refreshes: counter_vec(
-                r,
-                "refreshes_total",
-                "Credential refreshes by trigger (ahead, on_demand) and result (ok, failed, \
-                 stale, skipped_token_expired, skipped_unused).",
-                &["trigger", "result"],
-            ),
-            soonest_credential_expiry: gauge(
-                r,
-                "soonest_credential_expiry_seconds",
-                "Seconds until the soonest expiry among cached credentials (+Inf when none).",
-            ),
-            soonest_token_expiry: gauge(
-                r,
-                "soonest_token_expiry_seconds",
-                "Seconds until the soonest expiry among ID tokens held for refresh (+Inf when \
-                 none).",
-            ),
-            issued: counter_vec(
-                r,
-                "credentials_issued_total",
-                "Credential sets handed to callers, by surface (one audit log line each).",
-                &["surface"],
-            ),
-            appsync_upstream: counter_vec(
-                r,
-                "appsync_upstream_responses_total",
-                "Requests forwarded to AppSync by configured API and outcome (2xx, 3xx, 4xx, \
-                 5xx, timeout, unreachable).",
-                &["api", "outcome"],
-            ),
-            appsync_upstream_latency: histogram_vec(
-                r,
-                "appsync_upstream_duration_seconds",
-                "Time from forwarding a request to AppSync's answer head, by configured API.",
-                &["api"],
-            ),
-            registry,
-            process,
+            jwks_fetches: r.counter_vec(&JWKS_FETCHES),
+            jwks_refetch_suppressed: r.counter_vec(&JWKS_REFETCH_SUPPRESSED),
+            jwks_rotations: r.counter_vec(&JWKS_ROTATIONS),
+            provider_keys_loaded: r.int_gauge_vec(&PROVIDER_KEYS_LOADED),
+            cognito_calls: r.counter_vec(&COGNITO_CALLS),
+            cognito_latency: r.histogram_vec(&COGNITO_LATENCY),
+            cognito_retries: r.counter_vec(&COGNITO_RETRIES),
+            cognito_reachable: r.int_gauge(&COGNITO_REACHABLE),
+            cognito_probes: r.counter_vec(&COGNITO_PROBES),
+            cache_evictions: r.counter_vec(&CACHE_EVICTIONS),
+            identities_cached: r.int_gauge(&IDENTITIES_CACHED),
+            refreshes: r.counter_vec(&REFRESHES),
+            soonest_credential_expiry: r.gauge(&SOONEST_CREDENTIAL_EXPIRY),
+            soonest_token_expiry: r.gauge(&SOONEST_TOKEN_EXPIRY),
+            served_below_min_remaining: r.counter(&SERVED_BELOW_MIN_REMAINING),
+            issued: r.counter_vec(&ISSUED),
+            appsync_upstream: r.counter_vec(&APPSYNC_UPSTREAM),
+            appsync_upstream_latency: r.histogram_vec(&APPSYNC_UPSTREAM_LATENCY),
+            http_connections: r.int_gauge_vec(&HTTP_CONNECTIONS),
+            http_connections_shed: r.counter_vec(&HTTP_CONNECTIONS_SHED),
+            http_host_refusals: r.counter_vec(&HTTP_HOST_REFUSALS),
+            ready: r.int_gauge(&READY),
+            build_info: r.int_gauge_vec(&BUILD_INFO),
             token_validations,
             cache_lookups,
-            identities_cached,
-            served_below_min_remaining,
             requests,
             request_latency,
             hot,
+            process: process_registry(),
+            registry,
         };
         inner.initialize(providers);
         Self {
@@ -498,8 +544,11 @@ impl Metrics {
 }
 
 impl Inner {
-    /// Creates the series of known label values at 0.
+    /// Creates the series of known label values at 0 (`build_info` at 1).
     fn initialize(&self, providers: &[String]) {
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for result in ["hit", "miss", "joined", "negative"] {
             self.cache_lookups.with_label_values(&[result]);
         }
@@ -526,6 +575,7 @@ impl Inner {
         }
         for p in providers {
             let p = p.as_str();
+            self.provider_keys_loaded.with_label_values(&[p]).set(0);
             for outcome in ["ok", "cached"] {
                 self.token_validations.with_label_values(&[p, outcome]);
             }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::cognito::is_region;
+use super::cognito::required_region;
 use super::{Section, check_http_url};
 
 pub(super) const DEFAULT_APPSYNC_MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -175,8 +175,25 @@ pub(super) fn build_appsync_api(s: &Section<'_>, name: &str) -> Option<AppSyncAp
     if !valid_name {
         s.error_here("API names may contain only letters, digits, '_' and '-' (at most 64)");
     }
-    let url = s
-        .required_str("url")
+    let url = graphql_url(s);
+    let region = required_region(s);
+    let auth = auth(s);
+    let allowed_operations = allowed_operations(s);
+    let default = s.bool_or("default", false);
+    Some(AppSyncApiConfig {
+        name: name.to_owned(),
+        url: url?,
+        region: region?,
+        auth: auth?,
+        allowed_operations: allowed_operations?,
+        default,
+    })
+    .filter(|_| valid_name)
+}
+
+/// `url`: required, the GraphQL endpoint (https, or http on loopback; no query or fragment).
+fn graphql_url(s: &Section<'_>) -> Option<Url> {
+    s.required_str("url")
         .and_then(|u| match check_http_url(&u, "the AppSync URL") {
             Ok(url) if url.query().is_some() || url.fragment().is_some() => {
                 s.error("url", "the GraphQL URL has no query or fragment");
@@ -187,19 +204,12 @@ pub(super) fn build_appsync_api(s: &Section<'_>, name: &str) -> Option<AppSyncAp
                 s.error("url", msg);
                 None
             }
-        });
-    let region = s.required_str("region").and_then(|r| {
-        if is_region(&r) {
-            Some(r)
-        } else {
-            s.error(
-                "region",
-                format!("{r:?} is not an AWS region name like \"us-east-1\""),
-            );
-            None
-        }
-    });
-    let auth = match s.required_str("auth").as_deref() {
+        })
+}
+
+/// `auth`: required, `oidc` or `iam`.
+fn auth(s: &Section<'_>) -> Option<AppSyncAuth> {
+    match s.required_str("auth").as_deref() {
         Some("oidc") => Some(AppSyncAuth::Oidc),
         Some("iam") => Some(AppSyncAuth::Iam),
         Some(other) => {
@@ -214,52 +224,46 @@ pub(super) fn build_appsync_api(s: &Section<'_>, name: &str) -> Option<AppSyncAp
             None
         }
         None => None,
+    }
+}
+
+/// `allowed_operations`: `Some(None)` when absent (everything is forwarded), else the
+/// operation types, sorted and deduplicated; `None` when invalid (the errors reported).
+fn allowed_operations(s: &Section<'_>) -> Option<Option<Vec<OperationType>>> {
+    let words = match s.str_list("allowed_operations") {
+        None if !s.has("allowed_operations") => return Some(None),
+        None => return None,
+        Some(words) => words,
     };
-    let allowed_operations = match s.str_list("allowed_operations") {
-        None if !s.has("allowed_operations") => Some(None),
-        None => None,
-        Some(words) => {
-            let mut types = Vec::new();
-            let mut valid = true;
-            for w in &words {
-                match OperationType::from_keyword(w) {
-                    Some(t) => types.push(t),
-                    None => {
-                        valid = false;
-                        s.error(
-                            "allowed_operations",
-                            format!(
-                                "{w:?} is not an operation type; list \"query\", \"mutation\" \
-                                 and/or \"subscription\" (operation names are chosen by the \
-                                 client and prove nothing; restrict fields with the schema's \
-                                 auth rules)"
-                            ),
-                        );
-                    }
-                }
-            }
-            if words.is_empty() {
+    let mut types = Vec::new();
+    let mut valid = true;
+    for w in &words {
+        match OperationType::from_keyword(w) {
+            Some(t) => types.push(t),
+            None => {
                 valid = false;
                 s.error(
                     "allowed_operations",
-                    "an empty list would refuse everything; remove the setting to allow all",
+                    format!(
+                        "{w:?} is not an operation type; list \"query\", \"mutation\" \
+                         and/or \"subscription\" (operation names are chosen by the \
+                         client and prove nothing; restrict fields with the schema's \
+                         auth rules)"
+                    ),
                 );
             }
-            types.sort();
-            types.dedup();
-            valid.then_some(Some(types))
         }
-    };
-    let default = s.bool_or("default", false);
-    Some(AppSyncApiConfig {
-        name: name.to_owned(),
-        url: url?,
-        region: region?,
-        auth: auth?,
-        allowed_operations: allowed_operations?,
-        default,
-    })
-    .filter(|_| valid_name)
+    }
+    if words.is_empty() {
+        valid = false;
+        s.error(
+            "allowed_operations",
+            "an empty list would refuse everything; remove the setting to allow all",
+        );
+    }
+    types.sort();
+    types.dedup();
+    valid.then_some(Some(types))
 }
 
 // ---- Configured identities and the IMDS endpoint (issue #3) ----

@@ -48,88 +48,13 @@ pub(super) fn build_cognito(s: &Section<'_>) -> Option<CognitoConfig> {
         );
         return None;
     }
-    let region = s.required_str("region").and_then(|r| {
-        if is_region(&r) {
-            Some(r)
-        } else {
-            s.error(
-                "region",
-                format!("{r:?} is not an AWS region name like \"us-east-1\""),
-            );
-            None
-        }
-    });
-    let pool = s.required_str("identity_pool_id").and_then(|id| {
-        let Some((prefix, uuid)) = id.split_once(':') else {
-            s.error(
-                "identity_pool_id",
-                format!("{id:?} is not an identity pool id; it looks like \"us-east-1:<uuid>\""),
-            );
-            return None;
-        };
-        if !is_uuid(uuid) {
-            s.error(
-                "identity_pool_id",
-                format!("{id:?}: the part after ':' must be a UUID"),
-            );
-            return None;
-        }
-        if let Some(r) = &region
-            && r != prefix
-        {
-            s.error(
-                "identity_pool_id",
-                format!("pool {id:?} is in region {prefix:?} but cognito.region is {r:?}"),
-            );
-            return None;
-        }
-        Some(id)
-    });
-    let endpoint_url =
-        s.opt_str("endpoint_url")
-            .and_then(|u| match check_http_url(&u, "the Cognito endpoint") {
-                Ok(url) => Some(url),
-                Err(msg) => {
-                    s.error("endpoint_url", msg);
-                    None
-                }
-            });
-    let endpoint_ok = endpoint_url.is_some() || !s.has("endpoint_url");
-    let custom_role_arn = s.opt_str("custom_role_arn");
-    let role_ok = match &custom_role_arn {
-        Some(arn) if !is_role_arn(arn) => {
-            s.error(
-                "custom_role_arn",
-                format!("{arn:?} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"),
-            );
-            false
-        }
-        _ => true,
-    };
-    let account_id = s.opt_str("account_id");
-    let account_ok = match &account_id {
-        Some(a) if !(a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit())) => {
-            s.error("account_id", "an AWS account id is 12 digits");
-            false
-        }
-        _ => true,
-    };
-    let backoff_base = s.duration_in(
-        "backoff_base",
-        DEFAULT_COGNITO_BACKOFF_BASE,
-        Duration::from_millis(1),
-        Duration::from_secs(60),
-    );
-    let backoff_max = s.duration_in(
-        "backoff_max",
-        DEFAULT_COGNITO_BACKOFF_MAX,
-        Duration::from_millis(1),
-        Duration::from_secs(300),
-    );
-    if backoff_max < backoff_base {
-        s.error("backoff_max", "must not be smaller than backoff_base");
-    }
-    let config = CognitoConfig {
+    let region = required_region(s);
+    let pool = identity_pool_id(s, region.as_deref());
+    let endpoint_url = endpoint_url(s);
+    let custom_role_arn = custom_role_arn(s);
+    let account_id = account_id(s);
+    let (backoff_base, backoff_max) = backoff(s);
+    Some(CognitoConfig {
         attempt_timeout: s.duration_in(
             "attempt_timeout",
             DEFAULT_COGNITO_ATTEMPT_TIMEOUT,
@@ -148,11 +73,118 @@ pub(super) fn build_cognito(s: &Section<'_>) -> Option<CognitoConfig> {
         backoff_max,
         region: region?,
         identity_pool_id: pool?,
-        endpoint_url,
-        custom_role_arn,
-        account_id,
-    };
-    (endpoint_ok && role_ok && account_ok).then_some(config)
+        endpoint_url: endpoint_url?,
+        custom_role_arn: custom_role_arn?,
+        account_id: account_id?,
+    })
+}
+
+/// `region` (of `[cognito]` and of an AppSync API): required, an AWS region name.
+pub(super) fn required_region(s: &Section<'_>) -> Option<String> {
+    s.required_str("region").and_then(|r| {
+        if is_region(&r) {
+            Some(r)
+        } else {
+            s.error(
+                "region",
+                format!("{r:?} is not an AWS region name like \"us-east-1\""),
+            );
+            None
+        }
+    })
+}
+
+/// `identity_pool_id`: required, `<region>:<uuid>` in `region` (when that is valid).
+fn identity_pool_id(s: &Section<'_>, region: Option<&str>) -> Option<String> {
+    s.required_str("identity_pool_id").and_then(|id| {
+        let Some((prefix, uuid)) = id.split_once(':') else {
+            s.error(
+                "identity_pool_id",
+                format!("{id:?} is not an identity pool id; it looks like \"us-east-1:<uuid>\""),
+            );
+            return None;
+        };
+        if !is_uuid(uuid) {
+            s.error(
+                "identity_pool_id",
+                format!("{id:?}: the part after ':' must be a UUID"),
+            );
+            return None;
+        }
+        if let Some(r) = region
+            && r != prefix
+        {
+            s.error(
+                "identity_pool_id",
+                format!("pool {id:?} is in region {prefix:?} but cognito.region is {r:?}"),
+            );
+            return None;
+        }
+        Some(id)
+    })
+}
+
+/// `endpoint_url`: `Some(None)` when absent, `None` when set but unusable.
+fn endpoint_url(s: &Section<'_>) -> Option<Option<Url>> {
+    let url =
+        s.opt_str("endpoint_url")
+            .and_then(|u| match check_http_url(&u, "the Cognito endpoint") {
+                Ok(url) => Some(url),
+                Err(msg) => {
+                    s.error("endpoint_url", msg);
+                    None
+                }
+            });
+    if url.is_none() && s.has("endpoint_url") {
+        None
+    } else {
+        Some(url)
+    }
+}
+
+/// `custom_role_arn`: `Some(None)` when absent, `None` when not an IAM role ARN.
+fn custom_role_arn(s: &Section<'_>) -> Option<Option<String>> {
+    match s.opt_str("custom_role_arn") {
+        Some(arn) if !is_role_arn(&arn) => {
+            s.error(
+                "custom_role_arn",
+                format!("{arn:?} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"),
+            );
+            None
+        }
+        arn => Some(arn),
+    }
+}
+
+/// `account_id`: `Some(None)` when absent, `None` when not 12 digits.
+fn account_id(s: &Section<'_>) -> Option<Option<String>> {
+    match s.opt_str("account_id") {
+        Some(a) if !(a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit())) => {
+            s.error("account_id", "an AWS account id is 12 digits");
+            None
+        }
+        a => Some(a),
+    }
+}
+
+/// `backoff_base` and `backoff_max` (not smaller than the base).
+fn backoff(s: &Section<'_>) -> (Duration, Duration) {
+    let backoff_base = s.duration_in(
+        "backoff_base",
+        DEFAULT_COGNITO_BACKOFF_BASE,
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    );
+    let backoff_max = s.duration_in(
+        "backoff_max",
+        DEFAULT_COGNITO_BACKOFF_MAX,
+        Duration::from_millis(1),
+        Duration::from_secs(300),
+    );
+    if backoff_max < backoff_base {
+        s.error("backoff_max", "must not be smaller than backoff_base");
+    }
+    (backoff_base, backoff_max)
 }
 
 pub(super) fn is_region(r: &str) -> bool {

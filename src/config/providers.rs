@@ -85,22 +85,42 @@ pub(super) fn build_provider(s: &Section<'_>, name: &str) -> Option<ProviderConf
     if !valid_name {
         s.error_here("provider names may contain only letters, digits, '_' and '-'");
     }
-    let issuer =
-        s.required_str("issuer")
-            .and_then(|issuer| match check_http_url(&issuer, "the issuer") {
-                Ok(url) => {
-                    if url.query().is_some() || url.fragment().is_some() {
-                        s.error("issuer", "an issuer has no query or fragment");
-                        return None;
-                    }
-                    Some(issuer)
+    let issuer = issuer(s);
+    let audiences = audiences(s);
+    let algorithms = algorithms(s);
+    let logins_key = logins_key(s, issuer.as_deref());
+    let discovery_url = discovery_url(s);
+    Some(ProviderConfig {
+        name: name.to_owned(),
+        discovery_url: discovery_url?,
+        logins_key: logins_key?,
+        issuer: issuer?,
+        audiences: audiences?,
+        algorithms: algorithms?,
+    })
+}
+
+/// `issuer`: required, an https (or loopback http) URL without query or fragment.
+fn issuer(s: &Section<'_>) -> Option<String> {
+    s.required_str("issuer")
+        .and_then(|issuer| match check_http_url(&issuer, "the issuer") {
+            Ok(url) => {
+                if url.query().is_some() || url.fragment().is_some() {
+                    s.error("issuer", "an issuer has no query or fragment");
+                    return None;
                 }
-                Err(msg) => {
-                    s.error("issuer", msg);
-                    None
-                }
-            });
-    let audiences = match s.str_list("audiences") {
+                Some(issuer)
+            }
+            Err(msg) => {
+                s.error("issuer", msg);
+                None
+            }
+        })
+}
+
+/// `audiences`: required, at least one client ID.
+fn audiences(s: &Section<'_>) -> Option<Vec<String>> {
+    match s.str_list("audiences") {
         Some(a) if !a.is_empty() => Some(a),
         Some(_) | None => {
             if !s.has("audiences") {
@@ -113,8 +133,12 @@ pub(super) fn build_provider(s: &Section<'_>, name: &str) -> Option<ProviderConf
             }
             None
         }
-    };
-    let algorithms = match s.str_list("algorithms") {
+    }
+}
+
+/// `algorithms`: RS256 when absent; else a non-empty list of known JOSE names.
+fn algorithms(s: &Section<'_>) -> Option<Vec<Algorithm>> {
+    match s.str_list("algorithms") {
         None if !s.has("algorithms") => Some(vec![Algorithm::Rs256]),
         None => None,
         Some(names) => {
@@ -137,8 +161,12 @@ pub(super) fn build_provider(s: &Section<'_>, name: &str) -> Option<ProviderConf
             }
             ok.then_some(algs)
         }
-    };
-    let logins_key = match s.opt_str("logins_key") {
+    }
+}
+
+/// `logins_key`: as set (a host and path, no scheme), else derived from the issuer.
+fn logins_key(s: &Section<'_>, issuer: Option<&str>) -> Option<String> {
+    match s.opt_str("logins_key") {
         Some(key) => {
             if key.contains("://") || key.is_empty() {
                 s.error(
@@ -150,9 +178,13 @@ pub(super) fn build_provider(s: &Section<'_>, name: &str) -> Option<ProviderConf
                 Some(key)
             }
         }
-        None => issuer.as_deref().map(derive_logins_key),
-    };
-    let discovery_url = match s.opt_str("discovery_url") {
+        None => issuer.map(derive_logins_key),
+    }
+}
+
+/// `discovery_url`: `Some(None)` when absent, `None` when invalid (the error reported).
+fn discovery_url(s: &Section<'_>) -> Option<Option<Url>> {
+    match s.opt_str("discovery_url") {
         None => Some(None),
         Some(text) => match check_http_url(&text, "the discovery URL") {
             Ok(url) if url.fragment().is_some() => {
@@ -165,15 +197,7 @@ pub(super) fn build_provider(s: &Section<'_>, name: &str) -> Option<ProviderConf
                 None
             }
         },
-    };
-    Some(ProviderConfig {
-        name: name.to_owned(),
-        discovery_url: discovery_url?,
-        logins_key: logins_key?,
-        issuer: issuer?,
-        audiences: audiences?,
-        algorithms: algorithms?,
-    })
+    }
 }
 
 /// The Cognito Logins key for an issuer: scheme and trailing slash removed.

@@ -46,15 +46,7 @@ impl GrpcConfig {
 
 pub(super) fn build_grpc(s: &Section<'_>) -> Option<GrpcConfig> {
     let allow_non_loopback = s.bool_or("allow_non_loopback", false);
-    let listen_ok;
-    let listen = if s.has("listen") {
-        let addr = s.socket_addr_or("listen", SUGGESTED_GRPC_LISTEN, allow_non_loopback);
-        listen_ok = addr.is_some();
-        addr
-    } else {
-        listen_ok = true;
-        None
-    };
+    let listen = listen(s, allow_non_loopback);
     let unix_socket = s.opt_str("unix_socket").map(PathBuf::from);
     let socket_ok = match &unix_socket {
         Some(p) if !p.is_absolute() => {
@@ -63,63 +55,8 @@ pub(super) fn build_grpc(s: &Section<'_>) -> Option<GrpcConfig> {
         }
         _ => true,
     };
-    let unix_socket_mode = match s.opt_str("unix_socket_mode") {
-        None => DEFAULT_SOCKET_MODE,
-        Some(text) => match u32::from_str_radix(text.trim().trim_start_matches("0o"), 8) {
-            Ok(mode) if mode > 0o777 => {
-                s.error(
-                    "unix_socket_mode",
-                    format!("{text:?} is not a file mode (at most \"0777\")"),
-                );
-                DEFAULT_SOCKET_MODE
-            }
-            Ok(mode) if mode & 0o002 != 0 => {
-                s.error(
-                    "unix_socket_mode",
-                    format!(
-                        "{text:?} lets every local user connect and get credentials; drop the \
-                         write bit for others (e.g. \"0660\") and grant access by group or \
-                         allowed_uids"
-                    ),
-                );
-                DEFAULT_SOCKET_MODE
-            }
-            Ok(mode) => mode,
-            Err(_) => {
-                s.error(
-                    "unix_socket_mode",
-                    format!("{text:?} is not an octal file mode like \"0660\" (write it quoted)"),
-                );
-                DEFAULT_SOCKET_MODE
-            }
-        },
-    };
-    let allowed_uids = match s.str_list("allowed_uids") {
-        None => None,
-        Some(list) => {
-            let mut uids = Vec::new();
-            for item in list {
-                match item.trim().parse::<u32>() {
-                    Ok(uid) => uids.push(uid),
-                    Err(_) => s.error("allowed_uids", format!("{item:?} is not a numeric user id")),
-                }
-            }
-            if uids.is_empty() {
-                s.error(
-                    "allowed_uids",
-                    "must list at least one user id (omit it to allow every peer that can open \
-                     the socket)",
-                );
-            }
-            Some(uids)
-        }
-    };
-    if allowed_uids.is_some() && unix_socket.is_none() {
-        s.error(
-            "allowed_uids",
-            "applies to the Unix socket only (TCP peers have no user id); set unix_socket too",
-        );
-    }
+    let unix_socket_mode = unix_socket_mode(s);
+    let allowed_uids = allowed_uids(s, unix_socket.is_some());
     let max_message_bytes = s.u64_in(
         "max_message_bytes",
         DEFAULT_MAX_MESSAGE_BYTES,
@@ -131,11 +68,11 @@ pub(super) fn build_grpc(s: &Section<'_>) -> Option<GrpcConfig> {
     if admin_token_file.as_ref().is_some_and(|p| !p.is_absolute()) {
         s.error("admin_token_file", "must be an absolute path");
     }
-    if !(listen_ok && socket_ok) {
+    if !socket_ok {
         return None;
     }
     Some(GrpcConfig {
-        listen,
+        listen: listen?,
         allow_non_loopback,
         unix_socket,
         unix_socket_mode,
@@ -144,6 +81,78 @@ pub(super) fn build_grpc(s: &Section<'_>) -> Option<GrpcConfig> {
         max_watchers: usize::try_from(max_watchers).ok()?,
         admin_token_file,
     })
+}
+
+/// `listen`: `Some(None)` when absent (no TCP), `None` when unusable (the error reported).
+fn listen(s: &Section<'_>, allow_non_loopback: bool) -> Option<Option<SocketAddr>> {
+    if s.has("listen") {
+        s.socket_addr_or("listen", SUGGESTED_GRPC_LISTEN, allow_non_loopback)
+            .map(Some)
+    } else {
+        Some(None)
+    }
+}
+
+/// `unix_socket_mode`: octal, at most `0777`, never writable by others; else the default
+/// (the error reported).
+fn unix_socket_mode(s: &Section<'_>) -> u32 {
+    let Some(text) = s.opt_str("unix_socket_mode") else {
+        return DEFAULT_SOCKET_MODE;
+    };
+    match u32::from_str_radix(text.trim().trim_start_matches("0o"), 8) {
+        Ok(mode) if mode > 0o777 => {
+            s.error(
+                "unix_socket_mode",
+                format!("{text:?} is not a file mode (at most \"0777\")"),
+            );
+            DEFAULT_SOCKET_MODE
+        }
+        Ok(mode) if mode & 0o002 != 0 => {
+            s.error(
+                "unix_socket_mode",
+                format!(
+                    "{text:?} lets every local user connect and get credentials; drop the \
+                     write bit for others (e.g. \"0660\") and grant access by group or \
+                     allowed_uids"
+                ),
+            );
+            DEFAULT_SOCKET_MODE
+        }
+        Ok(mode) => mode,
+        Err(_) => {
+            s.error(
+                "unix_socket_mode",
+                format!("{text:?} is not an octal file mode like \"0660\" (write it quoted)"),
+            );
+            DEFAULT_SOCKET_MODE
+        }
+    }
+}
+
+/// `allowed_uids`: numeric user ids, at least one; only with a Unix socket (`has_socket`).
+fn allowed_uids(s: &Section<'_>, has_socket: bool) -> Option<Vec<u32>> {
+    let list = s.str_list("allowed_uids")?;
+    let mut uids = Vec::new();
+    for item in list {
+        match item.trim().parse::<u32>() {
+            Ok(uid) => uids.push(uid),
+            Err(_) => s.error("allowed_uids", format!("{item:?} is not a numeric user id")),
+        }
+    }
+    if uids.is_empty() {
+        s.error(
+            "allowed_uids",
+            "must list at least one user id (omit it to allow every peer that can open \
+             the socket)",
+        );
+    }
+    if !has_socket {
+        s.error(
+            "allowed_uids",
+            "applies to the Unix socket only (TCP peers have no user id); set unix_socket too",
+        );
+    }
+    Some(uids)
 }
 
 #[cfg(test)]

@@ -91,7 +91,20 @@ pub(super) fn build_identity(
     if !valid_name(name) {
         s.error_here("identity names may contain only letters, digits, '_' and '-'");
     }
-    let provider = s.required_str("provider").and_then(|p| {
+    let provider = provider(s, providers);
+    let role = role(s);
+    let source = SourceSettings::read(s).source(s);
+    Some(IdentityConfig {
+        name: name.to_owned(),
+        provider: provider?,
+        role,
+        source: source?,
+    })
+}
+
+/// `provider`: required, one of `[providers.*]`.
+fn provider(s: &Section<'_>, providers: Option<&[ProviderConfig]>) -> Option<String> {
+    s.required_str("provider").and_then(|p| {
         // When providers failed to build their own errors are already reported.
         if providers.is_some_and(|all| !all.iter().any(|c| c.name == p)) {
             let known: Vec<&str> = providers
@@ -106,8 +119,12 @@ pub(super) fn build_identity(
             return None;
         }
         Some(p)
-    });
-    let role = s.opt_str("role").and_then(|r| {
+    })
+}
+
+/// `role`: an IAM role ARN, if set (an invalid one is reported and left out).
+fn role(s: &Section<'_>) -> Option<String> {
+    s.opt_str("role").and_then(|r| {
         if is_role_arn(&r) {
             Some(r)
         } else {
@@ -117,98 +134,125 @@ pub(super) fn build_identity(
             );
             None
         }
-    });
-    let id_file = s.opt_str("id_token_file");
-    let refresh_file = s.opt_str("refresh_token_file");
-    let poll_interval = s.duration_in(
-        "poll_interval",
-        DEFAULT_POLL_INTERVAL,
-        Duration::from_millis(100),
-        Duration::from_secs(3600),
-    );
-    let client_id = s.opt_str("client_id");
-    let secret_file = s.opt_str("client_secret_file");
-    let auth_text = s.opt_str("token_endpoint_auth");
-    let refresh_fraction = s.f64_in("refresh_fraction", DEFAULT_REFRESH_FRACTION, 0.1, 0.8);
-    let source = match (id_file, refresh_file) {
-        (Some(_), Some(_)) => {
-            s.error_here("set either id_token_file or refresh_token_file, not both");
-            None
-        }
-        (None, None) => {
-            s.error_here(
-                "a source is required: id_token_file (a file kept fresh by something else) or \
-                 refresh_token_file with client_id",
-            );
-            None
-        }
-        (Some(path), None) => {
-            for (key, present) in [
-                ("client_id", client_id.is_some()),
-                ("client_secret_file", secret_file.is_some()),
-                ("token_endpoint_auth", auth_text.is_some()),
-                ("refresh_fraction", s.has("refresh_fraction")),
-            ] {
-                if present {
-                    s.error(key, "only applies with refresh_token_file");
-                }
-            }
-            Some(SourceConfig::IdTokenFile {
-                path: path.into(),
-                poll_interval,
-            })
-        }
-        (None, Some(path)) => {
-            if s.has("poll_interval") {
-                s.error("poll_interval", "only applies with id_token_file");
-            }
-            let client_id = client_id.filter(|c| !c.trim().is_empty());
-            if client_id.is_none() {
-                s.error(
-                    "client_id",
-                    "required with refresh_token_file: the OAuth client the refresh token was \
-                     issued to",
-                );
-            }
-            let client_secret = secret_file.and_then(|f| match std::fs::read_to_string(&f) {
-                Ok(text) if !text.trim().is_empty() => {
-                    Some(crate::secret::SecretString::from(text.trim()))
-                }
-                Ok(_) => {
-                    s.error("client_secret_file", format!("{f:?} is empty"));
-                    None
-                }
-                Err(e) => {
-                    s.error("client_secret_file", format!("cannot read {f:?}: {e}"));
-                    None
-                }
-            });
-            let auth = match auth_text.as_deref() {
-                None | Some("client_secret_post") => ClientAuth::Post,
-                Some("client_secret_basic") => ClientAuth::Basic,
-                Some(other) => {
-                    s.error(
-                        "token_endpoint_auth",
-                        format!(
-                            "{other:?} is not \"client_secret_post\" or \"client_secret_basic\""
-                        ),
-                    );
-                    ClientAuth::Post
-                }
-            };
-            client_id.map(|client_id| SourceConfig::RefreshToken {
-                path: path.into(),
-                client_id,
-                client_secret,
-                auth,
-                refresh_fraction,
-            })
-        }
-    };
-    Some(IdentityConfig {
-        name: name.to_owned(),
-        provider: provider?,
-        role,
-        source: source?,
     })
+}
+
+/// Every setting of both kinds of source, read before the kind is known (so each is checked
+/// once and a setting of the other kind can be named).
+struct SourceSettings {
+    id_file: Option<String>,
+    refresh_file: Option<String>,
+    poll_interval: Duration,
+    client_id: Option<String>,
+    secret_file: Option<String>,
+    auth_text: Option<String>,
+    refresh_fraction: f64,
+}
+
+impl SourceSettings {
+    fn read(s: &Section<'_>) -> Self {
+        Self {
+            id_file: s.opt_str("id_token_file"),
+            refresh_file: s.opt_str("refresh_token_file"),
+            poll_interval: s.duration_in(
+                "poll_interval",
+                DEFAULT_POLL_INTERVAL,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            ),
+            client_id: s.opt_str("client_id"),
+            secret_file: s.opt_str("client_secret_file"),
+            auth_text: s.opt_str("token_endpoint_auth"),
+            refresh_fraction: s.f64_in("refresh_fraction", DEFAULT_REFRESH_FRACTION, 0.1, 0.8),
+        }
+    }
+
+    /// Exactly one of `id_token_file` and `refresh_token_file`, with only its own settings.
+    fn source(mut self, s: &Section<'_>) -> Option<SourceConfig> {
+        match (self.id_file.take(), self.refresh_file.take()) {
+            (Some(_), Some(_)) => {
+                s.error_here("set either id_token_file or refresh_token_file, not both");
+                None
+            }
+            (None, None) => {
+                s.error_here(
+                    "a source is required: id_token_file (a file kept fresh by something else) or \
+                     refresh_token_file with client_id",
+                );
+                None
+            }
+            (Some(path), None) => Some(self.id_token_file(s, path)),
+            (None, Some(path)) => self.refresh_token(s, path),
+        }
+    }
+
+    fn id_token_file(self, s: &Section<'_>, path: String) -> SourceConfig {
+        for (key, present) in [
+            ("client_id", self.client_id.is_some()),
+            ("client_secret_file", self.secret_file.is_some()),
+            ("token_endpoint_auth", self.auth_text.is_some()),
+            ("refresh_fraction", s.has("refresh_fraction")),
+        ] {
+            if present {
+                s.error(key, "only applies with refresh_token_file");
+            }
+        }
+        SourceConfig::IdTokenFile {
+            path: path.into(),
+            poll_interval: self.poll_interval,
+        }
+    }
+
+    fn refresh_token(self, s: &Section<'_>, path: String) -> Option<SourceConfig> {
+        if s.has("poll_interval") {
+            s.error("poll_interval", "only applies with id_token_file");
+        }
+        let client_id = self.client_id.filter(|c| !c.trim().is_empty());
+        if client_id.is_none() {
+            s.error(
+                "client_id",
+                "required with refresh_token_file: the OAuth client the refresh token was \
+                 issued to",
+            );
+        }
+        let client_secret = self.secret_file.and_then(|f| client_secret(s, &f));
+        let auth = client_auth(s, self.auth_text.as_deref());
+        client_id.map(|client_id| SourceConfig::RefreshToken {
+            path: path.into(),
+            client_id,
+            client_secret,
+            auth,
+            refresh_fraction: self.refresh_fraction,
+        })
+    }
+}
+
+/// The client secret in `client_secret_file` (`f`): read now, surrounding whitespace trimmed.
+fn client_secret(s: &Section<'_>, f: &str) -> Option<crate::secret::SecretString> {
+    match std::fs::read_to_string(f) {
+        Ok(text) if !text.trim().is_empty() => Some(crate::secret::SecretString::from(text.trim())),
+        Ok(_) => {
+            s.error("client_secret_file", format!("{f:?} is empty"));
+            None
+        }
+        Err(e) => {
+            s.error("client_secret_file", format!("cannot read {f:?}: {e}"));
+            None
+        }
+    }
+}
+
+/// `token_endpoint_auth`: `client_secret_post` (the default) or `client_secret_basic`.
+fn client_auth(s: &Section<'_>, text: Option<&str>) -> ClientAuth {
+    match text {
+        None | Some("client_secret_post") => ClientAuth::Post,
+        Some("client_secret_basic") => ClientAuth::Basic,
+        Some(other) => {
+            s.error(
+                "token_endpoint_auth",
+                format!("{other:?} is not \"client_secret_post\" or \"client_secret_basic\""),
+            );
+            ClientAuth::Post
+        }
+    }
 }

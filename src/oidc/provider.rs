@@ -51,6 +51,14 @@ pub(super) struct KeySet {
     pub(super) signing_algs: Vec<String>,
 }
 
+/// What discovery told: where the keys are and what the issuer offers. Kept in the
+/// [`KeySet`], so later loads fetch only the JWKS.
+struct Discovered {
+    jwks_uri: openidconnect::JsonWebKeySetUrl,
+    token_endpoint: Option<String>,
+    signing_algs: Vec<String>,
+}
+
 /// The outcome of asking for a refetch after an unknown `kid`.
 pub(super) enum Refetch {
     /// The JWKS was fetched now (by this task or one it waited for): the keys held are fresh.
@@ -279,75 +287,26 @@ impl Provider {
         Ok(response.into_body())
     }
 
+    /// Discovery (first load only: later loads reuse what it told) and the JWKS. A JWKS
+    /// failure right after discovery says so ([`LoadError`]'s `after_discovery`).
     pub(super) async fn fetch_keys(&self) -> Result<KeySet, LoadError> {
-        let known = self.keys.load().as_ref().map(|k| {
-            (
-                k.jwks_uri.clone(),
-                k.token_endpoint.clone(),
-                k.signing_algs.clone(),
-            )
+        let known = self.keys.load().as_ref().map(|k| Discovered {
+            jwks_uri: k.jwks_uri.clone(),
+            token_endpoint: k.token_endpoint.clone(),
+            signing_algs: k.signing_algs.clone(),
         });
         let first_load = known.is_none();
-        let (jwks_uri, token_endpoint, signing_algs) = match known {
+        let discovered = match known {
             Some(known) => known,
-            None => {
-                let url = self.discovery_url();
-                let body = self.get_document(Document::Discovery, &url).await?;
-                let metadata: CoreProviderMetadata =
-                    serde_json::from_slice(&body).map_err(|e| {
-                        self.load_error(
-                            Document::Discovery,
-                            &url,
-                            LoadProblem::Invalid(e.to_string()),
-                        )
-                    })?;
-                if metadata.issuer().as_str() != self.config.issuer {
-                    return Err(self.load_error(
-                        Document::Discovery,
-                        &url,
-                        LoadProblem::IssuerMismatch {
-                            found: metadata.issuer().as_str().to_owned(),
-                        },
-                    ));
-                }
-                let jwks_uri = metadata.jwks_uri().clone();
-                if crate::config::check_http_url(jwks_uri.as_str(), "jwks_uri").is_err() {
-                    return Err(self.load_error(
-                        Document::Discovery,
-                        &url,
-                        LoadProblem::InsecureJwksUri(jwks_uri.as_str().to_owned()),
-                    ));
-                }
-                let signing_algs = metadata
-                    .id_token_signing_alg_values_supported()
-                    .iter()
-                    .filter_map(|a| match serde_json::to_value(a) {
-                        Ok(Value::String(name)) => Some(name),
-                        _ => None,
-                    })
-                    .collect();
-                (
-                    jwks_uri,
-                    metadata.token_endpoint().map(|u| u.as_str().to_owned()),
-                    signing_algs,
-                )
-            }
+            None => self.discover().await?,
         };
-        let body = self
-            .get_document(Document::Jwks, jwks_uri.as_str())
+        let jwks = self
+            .fetch_jwks(&discovered.jwks_uri)
             .await
             .map_err(|e| LoadError {
                 after_discovery: first_load,
                 ..e
             })?;
-        let jwks: CoreJsonWebKeySet = serde_json::from_slice(&body).map_err(|e| LoadError {
-            after_discovery: first_load,
-            ..self.load_error(
-                Document::Jwks,
-                jwks_uri.as_str(),
-                LoadProblem::Invalid(e.to_string()),
-            )
-        })?;
         let kids = jwks
             .keys()
             .iter()
@@ -356,9 +315,58 @@ impl Provider {
         Ok(KeySet {
             jwks,
             kids,
+            jwks_uri: discovered.jwks_uri,
+            token_endpoint: discovered.token_endpoint,
+            signing_algs: discovered.signing_algs,
+        })
+    }
+
+    /// Fetches the discovery document and takes what the keys need from it: it must name the
+    /// configured issuer byte for byte, and a `jwks_uri` that is https (or loopback http).
+    async fn discover(&self) -> Result<Discovered, LoadError> {
+        let url = self.discovery_url();
+        let fail = |problem| self.load_error(Document::Discovery, &url, problem);
+        let body = self.get_document(Document::Discovery, &url).await?;
+        let metadata: CoreProviderMetadata =
+            serde_json::from_slice(&body).map_err(|e| fail(LoadProblem::Invalid(e.to_string())))?;
+        if metadata.issuer().as_str() != self.config.issuer {
+            return Err(fail(LoadProblem::IssuerMismatch {
+                found: metadata.issuer().as_str().to_owned(),
+            }));
+        }
+        let jwks_uri = metadata.jwks_uri().clone();
+        if crate::config::check_http_url(jwks_uri.as_str(), "jwks_uri").is_err() {
+            return Err(fail(LoadProblem::InsecureJwksUri(
+                jwks_uri.as_str().to_owned(),
+            )));
+        }
+        let signing_algs = metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter_map(|a| match serde_json::to_value(a) {
+                Ok(Value::String(name)) => Some(name),
+                _ => None,
+            })
+            .collect();
+        Ok(Discovered {
             jwks_uri,
-            token_endpoint,
+            token_endpoint: metadata.token_endpoint().map(|u| u.as_str().to_owned()),
             signing_algs,
+        })
+    }
+
+    /// Fetches and parses the JWKS at `jwks_uri`.
+    async fn fetch_jwks(
+        &self,
+        jwks_uri: &openidconnect::JsonWebKeySetUrl,
+    ) -> Result<CoreJsonWebKeySet, LoadError> {
+        let body = self.get_document(Document::Jwks, jwks_uri.as_str()).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            self.load_error(
+                Document::Jwks,
+                jwks_uri.as_str(),
+                LoadProblem::Invalid(e.to_string()),
+            )
         })
     }
 

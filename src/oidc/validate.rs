@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::error::TokenError;
+use super::provider::KeySet;
 use super::provider::Provider;
 use super::provider::Refetch;
 use super::{NOT_LOADED_RETRY_AFTER, Validator, VerifiedToken, seconds_up};
@@ -363,86 +364,106 @@ impl Validator {
         parsed: &Parsed<'_>,
         alg: Algorithm,
     ) -> Result<(), TokenError> {
-        let name = &provider.config.name;
         let Some(kid) = &parsed.kid else {
             return Err(TokenError::MissingKeyId {
-                provider: name.clone(),
+                provider: provider.config.name.clone(),
             });
         };
-        let unavailable = || TokenError::ProviderUnavailable {
-            provider: name.clone(),
-            reason: format!(
-                "its keys could not be loaded yet ({}); credbroker keeps retrying",
-                provider
-                    .last_error()
-                    .unwrap_or_else(|| "no attempt finished yet".to_owned())
-            ),
-            retry_after: NOT_LOADED_RETRY_AFTER,
-        };
-        let mut keys = provider.keys.load_full().ok_or_else(unavailable)?;
-        if !keys.kids.contains(kid) {
-            match provider.refetch_for_unknown_kid(kid).await {
-                Refetch::Fetched => keys = provider.keys.load_full().ok_or_else(unavailable)?,
-                Refetch::Failed(e) => {
-                    return Err(TokenError::ProviderUnavailable {
-                        provider: name.clone(),
-                        reason: format!(
-                            "the token's kid {kid:?} is not among the keys credbroker holds, \
-                             and refetching the JWKS failed ({e}), so a newly rotated key \
-                             cannot be told from a bad token; retry in {} s",
-                            seconds_up(provider.refetch_interval).as_secs()
-                        ),
-                        retry_after: seconds_up(provider.refetch_interval),
-                    });
-                }
-                Refetch::Suppressed {
-                    last_failed: Some(e),
-                    retry_in,
-                } => {
-                    return Err(TokenError::ProviderUnavailable {
-                        provider: name.clone(),
-                        reason: format!(
-                            "the token's kid {kid:?} is not among the keys credbroker holds, \
-                             and the last JWKS fetch failed ({e}); the next refetch is allowed \
-                             in {} s (tokens.jwks_refetch_interval)",
-                            retry_in.as_secs()
-                        ),
-                        retry_after: retry_in,
-                    });
-                }
-                // A JWKS fetched successfully within the interval lacks the key.
-                Refetch::Suppressed {
-                    last_failed: None, ..
-                } => {}
-            }
-            if !keys.kids.contains(kid) {
-                return Err(TokenError::UnknownKeyId {
-                    kid: kid.clone(),
-                    provider: name.clone(),
-                    refetch_interval: provider.refetch_interval,
-                });
-            }
-        }
-        let core = core_alg(alg);
-        let mut detail = format!("no published key can verify {}", alg.as_str());
-        for key in keys.jwks.keys() {
-            if key.key_id().map(|k| k.as_str()) != Some(kid.as_str()) {
-                continue;
-            }
-            match key.verify_signature(&core, parsed.signing_input.as_bytes(), &parsed.signature) {
-                Ok(()) => return Ok(()),
-                Err(SignatureVerificationError::InvalidKey(_)) => {}
-                Err(SignatureVerificationError::CryptoError(_)) => {
-                    detail = "the signature does not match (the token was altered or signed by \
-                              another key)"
-                        .to_owned();
-                }
-                Err(other) => detail = other.to_string(),
-            }
-        }
-        Err(TokenError::InvalidSignature {
-            provider: provider.config.name.clone(),
-            detail,
-        })
+        let keys = keys_holding(provider, kid).await?;
+        verify_signature(provider, &keys, kid, alg, parsed)
     }
+}
+
+/// The provider's keys, with `kid` among them: refetched (rate-limited) when `kid` is unknown.
+/// Unavailable when no keys could be loaded, or a refetch needed to tell a rotated key from a
+/// bad token failed; `UnknownKeyId` when fresh keys lack it.
+async fn keys_holding(provider: &Provider, kid: &str) -> Result<Arc<KeySet>, TokenError> {
+    let name = &provider.config.name;
+    let unavailable = || TokenError::ProviderUnavailable {
+        provider: name.clone(),
+        reason: format!(
+            "its keys could not be loaded yet ({}); credbroker keeps retrying",
+            provider
+                .last_error()
+                .unwrap_or_else(|| "no attempt finished yet".to_owned())
+        ),
+        retry_after: NOT_LOADED_RETRY_AFTER,
+    };
+    let mut keys = provider.keys.load_full().ok_or_else(unavailable)?;
+    if keys.kids.contains(kid) {
+        return Ok(keys);
+    }
+    match provider.refetch_for_unknown_kid(kid).await {
+        Refetch::Fetched => keys = provider.keys.load_full().ok_or_else(unavailable)?,
+        Refetch::Failed(e) => {
+            return Err(TokenError::ProviderUnavailable {
+                provider: name.clone(),
+                reason: format!(
+                    "the token's kid {kid:?} is not among the keys credbroker holds, \
+                     and refetching the JWKS failed ({e}), so a newly rotated key \
+                     cannot be told from a bad token; retry in {} s",
+                    seconds_up(provider.refetch_interval).as_secs()
+                ),
+                retry_after: seconds_up(provider.refetch_interval),
+            });
+        }
+        Refetch::Suppressed {
+            last_failed: Some(e),
+            retry_in,
+        } => {
+            return Err(TokenError::ProviderUnavailable {
+                provider: name.clone(),
+                reason: format!(
+                    "the token's kid {kid:?} is not among the keys credbroker holds, \
+                     and the last JWKS fetch failed ({e}); the next refetch is allowed \
+                     in {} s (tokens.jwks_refetch_interval)",
+                    retry_in.as_secs()
+                ),
+                retry_after: retry_in,
+            });
+        }
+        // A JWKS fetched successfully within the interval lacks the key.
+        Refetch::Suppressed {
+            last_failed: None, ..
+        } => {}
+    }
+    if !keys.kids.contains(kid) {
+        return Err(TokenError::UnknownKeyId {
+            kid: kid.to_owned(),
+            provider: name.clone(),
+            refetch_interval: provider.refetch_interval,
+        });
+    }
+    Ok(keys)
+}
+
+/// Whether a key of `keys` with `kid` verifies the signature with `alg`; else why not.
+fn verify_signature(
+    provider: &Provider,
+    keys: &KeySet,
+    kid: &str,
+    alg: Algorithm,
+    parsed: &Parsed<'_>,
+) -> Result<(), TokenError> {
+    let core = core_alg(alg);
+    let mut detail = format!("no published key can verify {}", alg.as_str());
+    for key in keys.jwks.keys() {
+        if key.key_id().map(|k| k.as_str()) != Some(kid) {
+            continue;
+        }
+        match key.verify_signature(&core, parsed.signing_input.as_bytes(), &parsed.signature) {
+            Ok(()) => return Ok(()),
+            Err(SignatureVerificationError::InvalidKey(_)) => {}
+            Err(SignatureVerificationError::CryptoError(_)) => {
+                detail = "the signature does not match (the token was altered or signed by \
+                          another key)"
+                    .to_owned();
+            }
+            Err(other) => detail = other.to_string(),
+        }
+    }
+    Err(TokenError::InvalidSignature {
+        provider: provider.config.name.clone(),
+        detail,
+    })
 }

@@ -140,8 +140,9 @@ async fn when_only_the_jwks_fails_readyz_and_the_503_name_the_jwks_and_its_statu
         .to_owned();
     assert!(
         message.contains(&format!("the JWKS at {jwks} answered HTTP 503"))
+            && message.contains("(the discovery document loaded)")
             && !message.contains("discovery failed"),
-        "{message}"
+        "the caller is told the JWKS failed after discovery succeeded: {message}"
     );
     assert!(reply.headers.contains_key("retry-after"));
     assert_eq!(h.get_id_calls(), probes, "the token never reached Cognito");
@@ -202,8 +203,9 @@ async fn an_unreachable_jwks_is_named_with_the_transport_error() {
     let why = reasons(&body);
     assert!(
         why.contains(&format!("the JWKS at {jwks_uri} could not be fetched"))
-            && why.to_lowercase().contains("connect"),
-        "the reason names the JWKS and the transport error: {body:#}"
+            && why.to_lowercase().contains("connect")
+            && why.contains("(the discovery document loaded)"),
+        "the reason names the JWKS and the transport error, after discovery: {body:#}"
     );
     let reply = h.get(&h.issuer.token_for("auth0|no-jwks")).await;
     assert_eq!(
@@ -247,6 +249,10 @@ async fn an_unknown_kid_during_a_jwks_outage_is_503_with_retry_after_not_a_bad_t
         "{message}"
     );
     assert!(message.contains("HTTP 503"), "{message}");
+    assert!(
+        !message.contains("the discovery document loaded"),
+        "a refetch reuses the discovery of an earlier load: {message}"
+    );
     assert!(
         reply.headers.contains_key("retry-after"),
         "{:?}",

@@ -38,7 +38,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::broker::{Broker, ErrorReply};
-use crate::config::Config;
+use crate::config::{Config, GrpcConfig};
 use crate::secret::{REDACTED, SecretString};
 
 pub use admin::AdminService;
@@ -114,12 +114,34 @@ pub async fn start(
         Some(path) => Some(admin::read_token(path)?),
         None => None,
     };
-    let limit = grpc.max_message_bytes;
+    let (routes, reporter) = routes(config, &broker, admin_token, &shutdown).await;
+    let mut addrs = GrpcAddrs::default();
+    if let Some(addr) = grpc.listen {
+        addrs.tcp = Some(serve_tcp(addr, routes.clone(), &shutdown, tasks).await?);
+    }
+    if let Some(path) = &grpc.unix_socket {
+        serve_unix(grpc, path, routes, &shutdown, tasks)?;
+        addrs.unix = Some(path.clone());
+    }
+    tasks.spawn(track_readiness(broker, reporter, shutdown));
+    Ok(addrs)
+}
+
+/// Every service, each refusing request messages over `grpc.max_message_bytes`: the broker,
+/// health (NOT_SERVING until [`track_readiness`] says otherwise: the reporter), reflection,
+/// and Admin when it has a token.
+async fn routes(
+    config: &Config,
+    broker: &Arc<Broker>,
+    admin_token: Option<SecretString>,
+    shutdown: &CancellationToken,
+) -> (tonic::service::Routes, tonic_health::server::HealthReporter) {
+    let limit = config.grpc.max_message_bytes;
     let broker_service = BrokerService::new(
         broker.clone(),
         service::Settings {
             request_timeout: config.server.request_timeout,
-            max_watchers: grpc.max_watchers,
+            max_watchers: config.grpc.max_watchers,
             touch_interval: (config.cache.idle_timeout / 2).min(Duration::from_secs(300)),
             min_token_validity: config.tokens.min_token_validity,
         },
@@ -134,30 +156,11 @@ pub async fn start(
     reporter
         .set_service_status(BROKER_SERVICE, tonic_health::ServingStatus::NotServing)
         .await;
-    let api = served_descriptors(admin_token.is_some());
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_file_descriptor_set(api.clone())
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1();
-    let reflection_v1alpha = reflection().build_v1alpha();
-
-    let mut routes = tonic::service::Routes::new(
+    let routes = tonic::service::Routes::new(
         proto::broker_server::BrokerServer::new(broker_service).max_decoding_message_size(limit),
     )
     .add_service(health.max_decoding_message_size(limit));
-    match (reflection_v1, reflection_v1alpha) {
-        (Ok(v1), Ok(v1alpha)) => {
-            routes = routes
-                .add_service(v1.max_decoding_message_size(limit))
-                .add_service(v1alpha.max_decoding_message_size(limit));
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            // The descriptor set is compiled in; this cannot fail unless it is corrupt.
-            tracing::error!(error = %e, "gRPC reflection is unavailable");
-        }
-    }
+    let mut routes = with_reflection(routes, admin_token.is_some(), limit);
     if let Some(token) = admin_token {
         let admin =
             proto::admin_server::AdminServer::new(AdminService::new(broker.clone(), watchers))
@@ -167,46 +170,82 @@ pub async fn start(
             admin::Auth::new(token),
         ));
     }
+    (routes, reporter)
+}
 
-    let mut addrs = GrpcAddrs::default();
-    if let Some(addr) = grpc.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| GrpcStartError::Bind { addr, source })?;
-        addrs.tcp = Some(listener.local_addr().unwrap_or(addr));
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let routes = routes.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            let served = server()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the gRPC TCP server failed");
-            }
-        });
+/// Adds server reflection (v1 and v1alpha) of the served API ([`served_descriptors`]).
+fn with_reflection(
+    routes: tonic::service::Routes,
+    admin: bool,
+    limit: usize,
+) -> tonic::service::Routes {
+    let api = served_descriptors(admin);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_file_descriptor_set(api.clone())
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(v1), Ok(v1alpha)) => routes
+            .add_service(v1.max_decoding_message_size(limit))
+            .add_service(v1alpha.max_decoding_message_size(limit)),
+        (Err(e), _) | (_, Err(e)) => {
+            // The descriptor set is compiled in; this cannot fail unless it is corrupt.
+            tracing::error!(error = %e, "gRPC reflection is unavailable");
+            routes
+        }
     }
-    if let Some(path) = &grpc.unix_socket {
-        let listener = transport::bind_unix(path, grpc.unix_socket_mode)?;
-        addrs.unix = Some(path.clone());
-        let incoming = transport::incoming(listener, grpc.allowed_uids.clone());
-        let stop = shutdown.clone();
-        let path = path.clone();
-        tasks.spawn(async move {
-            let served = server()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the gRPC Unix-socket server failed");
-            }
-            let _ = std::fs::remove_file(&path);
-        });
-    }
-    tasks.spawn(track_readiness(broker, reporter, shutdown));
-    Ok(addrs)
+}
+
+/// Binds `addr` and serves `routes` on it until `shutdown`; the bound address.
+async fn serve_tcp(
+    addr: SocketAddr,
+    routes: tonic::service::Routes,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<SocketAddr, GrpcStartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| GrpcStartError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = server()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the gRPC TCP server failed");
+        }
+    });
+    Ok(bound)
+}
+
+/// Creates the Unix socket at `path` (`grpc.unix_socket_mode`, peers limited to
+/// `grpc.allowed_uids`) and serves `routes` on it until `shutdown`, then removes it.
+fn serve_unix(
+    grpc: &GrpcConfig,
+    path: &std::path::Path,
+    routes: tonic::service::Routes,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(), GrpcStartError> {
+    let listener = transport::bind_unix(path, grpc.unix_socket_mode)?;
+    let incoming = transport::incoming(listener, grpc.allowed_uids.clone());
+    let stop = shutdown.clone();
+    let path = path.to_owned();
+    tasks.spawn(async move {
+        let served = server()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the gRPC Unix-socket server failed");
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
 }
 
 /// The API's descriptors as reflection shows them: without the Admin service when it is off.

@@ -10,8 +10,8 @@ use super::Check;
 use crate::broker::{self, Broker, BrokerError};
 use crate::clock::{self, SharedClock};
 use crate::cognito::{BoxFuture, CognitoApi, Login, Operation, RawCredentials, UpstreamError};
-use crate::config::Config;
-use crate::identity::{FetchError, IdentityCache};
+use crate::config::{Config, ProviderConfig};
+use crate::identity::{FetchError, IdentityCache, Issued};
 use crate::metrics::Metrics;
 use crate::oidc::{Validator, VerifiedToken};
 
@@ -59,80 +59,56 @@ impl Exchange {
         let bound = config.server.request_timeout.max(Duration::from_secs(30));
         let result = tokio::time::timeout(bound, self.broker.prepare(token, None)).await;
         let calls = self.recorder.calls();
-        let last = |op: Operation| calls.iter().rev().find(|c| c.operation == op);
-        let refused = |id: &str, what: &str, e: &UpstreamError| {
-            let error = fetch_error(e);
-            let code = BrokerError::Upstream {
-                error: error.clone(),
-                provider: Some(provider.name.clone()),
-                logins_key: Some(provider.logins_key.clone()),
-            }
-            .reply()
-            .code;
-            let fix = broker::hint(&error, Some(&provider.name), Some(&provider.logins_key))
-                .unwrap_or_else(|| {
-                    "Cognito could not answer (see the message); retry when it does".to_owned()
-                });
-            Check::fail(
-                id,
-                format!("{what} refused ({}): {}", e.kind.label(), e.message),
-                fix,
-            )
-            .with_code(code)
+        let last = |op: Operation| {
+            calls
+                .iter()
+                .rev()
+                .find(|c| c.operation == op)
+                .map(|c| &c.outcome)
         };
-
-        let get_id = last(Operation::GetId);
-        match get_id.map(|c| &c.outcome) {
-            Some(Outcome::IdentityId(identity)) => checks.push(Check::ok(
-                "cognito.get_id",
-                format!(
-                    "GetId with Logins key {:?} answered identity {identity}",
-                    provider.logins_key
-                ),
-            )),
-            Some(Outcome::Refused(e)) => {
-                checks.push(refused("cognito.get_id", "GetId", e));
-                checks.push(Check::skip(
-                    "cognito.get_credentials",
-                    "skipped: GetId failed",
-                ));
-                return false;
-            }
-            _ => {
-                let why = match &result {
-                    Err(_) => format!("no answer within {}s", bound.as_secs()),
-                    Ok(Err(e)) => e.reply().message,
-                    Ok(Ok(_)) => "no GetId call was made".to_owned(),
-                };
-                checks.push(Check::fail(
-                    "cognito.get_id",
-                    why,
-                    "see the message; credbroker could not start the exchange",
-                ));
-                checks.push(Check::skip(
-                    "cognito.get_credentials",
-                    "skipped: GetId failed",
-                ));
-                return false;
-            }
+        let get_id = get_id_line(provider, last(Operation::GetId), &result, bound);
+        let identified = get_id.holds();
+        checks.push(get_id);
+        if !identified {
+            checks.push(Check::skip(
+                "cognito.get_credentials",
+                "skipped: GetId failed",
+            ));
+            return false;
         }
+        let get_credentials = self.get_credentials_line(
+            config,
+            provider,
+            last(Operation::GetCredentialsForIdentity),
+            &result,
+            bound,
+        );
+        let obtained = get_credentials.holds();
+        checks.push(get_credentials);
+        obtained
+    }
+
+    /// `cognito.get_credentials`, from what the call answered and how the exchange ended.
+    fn get_credentials_line(
+        &self,
+        config: &Config,
+        provider: &ProviderConfig,
+        outcome: Option<&Outcome>,
+        result: &Prepared,
+        bound: Duration,
+    ) -> Check {
         let role = config
             .cognito
             .custom_role_arn
             .as_deref()
             .unwrap_or("the pool's authenticated role");
-        match (
-            last(Operation::GetCredentialsForIdentity).map(|c| &c.outcome),
-            &result,
-        ) {
-            (Some(Outcome::Refused(e)), _) => {
-                checks.push(refused(
-                    "cognito.get_credentials",
-                    "GetCredentialsForIdentity",
-                    e,
-                ));
-                false
-            }
+        match (outcome, result) {
+            (Some(Outcome::Refused(e)), _) => refused(
+                provider,
+                "cognito.get_credentials",
+                "GetCredentialsForIdentity",
+                e,
+            ),
             (
                 Some(Outcome::Credentials {
                     access_key_id,
@@ -141,7 +117,7 @@ impl Exchange {
                 Ok(Ok(_)),
             ) => {
                 let left = clock::saturating_sub(*expiration, self.broker.clock().now());
-                checks.push(Check::ok(
+                Check::ok(
                     "cognito.get_credentials",
                     format!(
                         "GetCredentialsForIdentity answered credentials for {role}: access key \
@@ -149,27 +125,76 @@ impl Exchange {
                         clock::format_aws_timestamp(*expiration),
                         left.as_secs() / 60
                     ),
-                ));
-                true
+                )
             }
-            (_, Ok(Err(e))) => {
-                checks.push(Check::fail(
-                    "cognito.get_credentials",
-                    e.reply().message,
-                    "see the message",
-                ));
-                false
-            }
-            _ => {
-                checks.push(Check::fail(
-                    "cognito.get_credentials",
-                    format!("no answer within {}s", bound.as_secs()),
-                    "check that Cognito answers (cognito.pool above)",
-                ));
-                false
-            }
+            (_, Ok(Err(e))) => Check::fail(
+                "cognito.get_credentials",
+                e.reply().message,
+                "see the message",
+            ),
+            _ => Check::fail(
+                "cognito.get_credentials",
+                format!("no answer within {}s", bound.as_secs()),
+                "check that Cognito answers (cognito.pool above)",
+            ),
         }
     }
+}
+
+/// How the exchange through the broker ended: within `bound`, or not.
+type Prepared = Result<Result<Arc<Issued>, BrokerError>, tokio::time::error::Elapsed>;
+
+/// `cognito.get_id`, from what the call answered (`outcome`) and how the exchange ended.
+fn get_id_line(
+    provider: &ProviderConfig,
+    outcome: Option<&Outcome>,
+    result: &Prepared,
+    bound: Duration,
+) -> Check {
+    match outcome {
+        Some(Outcome::IdentityId(identity)) => Check::ok(
+            "cognito.get_id",
+            format!(
+                "GetId with Logins key {:?} answered identity {identity}",
+                provider.logins_key
+            ),
+        ),
+        Some(Outcome::Refused(e)) => refused(provider, "cognito.get_id", "GetId", e),
+        _ => {
+            let why = match result {
+                Err(_) => format!("no answer within {}s", bound.as_secs()),
+                Ok(Err(e)) => e.reply().message,
+                Ok(Ok(_)) => "no GetId call was made".to_owned(),
+            };
+            Check::fail(
+                "cognito.get_id",
+                why,
+                "see the message; credbroker could not start the exchange",
+            )
+        }
+    }
+}
+
+/// The line `id` for a Cognito refusal of the call `what`: the daemon's `Code` and fix for it.
+fn refused(provider: &ProviderConfig, id: &str, what: &str, e: &UpstreamError) -> Check {
+    let error = fetch_error(e);
+    let code = BrokerError::Upstream {
+        error: error.clone(),
+        provider: Some(provider.name.clone()),
+        logins_key: Some(provider.logins_key.clone()),
+    }
+    .reply()
+    .code;
+    let fix = broker::hint(&error, Some(&provider.name), Some(&provider.logins_key))
+        .unwrap_or_else(|| {
+            "Cognito could not answer (see the message); retry when it does".to_owned()
+        });
+    Check::fail(
+        id,
+        format!("{what} refused ({}): {}", e.kind.label(), e.message),
+        fix,
+    )
+    .with_code(code)
 }
 
 /// A Cognito refusal as the identity cache reports it (what [`broker::hint`] reads).

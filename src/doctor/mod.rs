@@ -34,7 +34,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::clock;
-use crate::cognito::{CognitoApi, SdkCognito};
+use crate::cognito::{CognitoApi, SdkCognito, UpstreamError};
 use crate::config::{self, Config, ConfigError, Sources};
 use crate::metrics::Metrics;
 use crate::oidc::Validator;
@@ -243,39 +243,7 @@ async fn diagnose(config: &Config, token_file: Option<&Path>) -> Vec<Check> {
     let http = crate::http::client(config.tokens.oidc_timeout);
 
     // Providers: the documents as the doctor reads them, then credbroker's own loader.
-    let mut documents_ok = Vec::new();
-    for p in &config.providers {
-        let found = provider::check(&http, config.tokens.oidc_timeout, p).await;
-        documents_ok.push(found.iter().all(Check::holds));
-        checks.extend(found);
-    }
-    let validator = Arc::new(Validator::new(
-        &config.providers,
-        &config.tokens,
-        http.clone(),
-        clock.clone(),
-        metrics.clone(),
-    ));
-    validator.load_all().await;
-    for (p, documents_ok) in validator.providers().iter().zip(&documents_ok) {
-        let id = format!("provider.{}.keys", p.config.name);
-        checks.push(match (p.is_ready(), documents_ok) {
-            (true, _) => Check::ok(
-                id,
-                "credbroker's own loader loaded the discovery document and the keys",
-            ),
-            (false, true) => Check::fail(
-                id,
-                format!(
-                    "credbroker could not load the keys: {}",
-                    p.last_error().unwrap_or_default()
-                ),
-                "the documents above looked right to the doctor but credbroker's loader refused \
-                 them; the message says why",
-            ),
-            (false, false) => Check::skip(id, "skipped: fix the lines above first"),
-        });
-    }
+    let validator = providers(config, &http, &clock, &metrics, &mut checks).await;
 
     // Cognito: reachable, the pool exists, and each provider's Logins key is not refused.
     let api: Arc<dyn CognitoApi> = Arc::new(SdkCognito::new(&config.cognito));
@@ -324,6 +292,52 @@ async fn diagnose(config: &Config, token_file: Option<&Path>) -> Vec<Check> {
         checks.extend(appsync::check(config, &http, caller.as_ref()).await);
     }
     checks
+}
+
+/// Per provider, its documents (`provider.<name>.discovery`, `.issuer`, `.jwks`,
+/// `.algorithms`), then `provider.<name>.keys`: whether credbroker's own loader loads them.
+/// The validator, with whatever keys it loaded.
+async fn providers(
+    config: &Config,
+    http: &crate::http::HttpsClient,
+    clock: &clock::SharedClock,
+    metrics: &Metrics,
+    checks: &mut Vec<Check>,
+) -> Arc<Validator> {
+    let mut documents_ok = Vec::new();
+    for p in &config.providers {
+        let found = provider::check(http, config.tokens.oidc_timeout, p).await;
+        documents_ok.push(found.iter().all(Check::holds));
+        checks.extend(found);
+    }
+    let validator = Arc::new(Validator::new(
+        &config.providers,
+        &config.tokens,
+        http.clone(),
+        clock.clone(),
+        metrics.clone(),
+    ));
+    validator.load_all().await;
+    for (p, documents_ok) in validator.providers().iter().zip(&documents_ok) {
+        let id = format!("provider.{}.keys", p.config.name);
+        checks.push(match (p.is_ready(), documents_ok) {
+            (true, _) => Check::ok(
+                id,
+                "credbroker's own loader loaded the discovery document and the keys",
+            ),
+            (false, true) => Check::fail(
+                id,
+                format!(
+                    "credbroker could not load the keys: {}",
+                    p.last_error().unwrap_or_default()
+                ),
+                "the documents above looked right to the doctor but credbroker's loader refused \
+                 them; the message says why",
+            ),
+            (false, false) => Check::skip(id, "skipped: fix the lines above first"),
+        });
+    }
+    validator
 }
 
 fn skip_exchange(checks: &mut Vec<Check>, why: &str) {
@@ -407,20 +421,7 @@ async fn cognito_probe(
                     .is_some_and(|e| e.message.contains("not from a supported provider"));
                 if not_supported && let Some(e) = &refusal {
                     untrusted.push(p.name.clone());
-                    let fetch = exchange::fetch_error(e);
-                    checks.push(
-                        Check::fail(
-                            format!("provider.{}.pool_trust", p.name),
-                            format!(
-                                "Cognito says Logins key {:?} is not a provider of identity pool \
-                                 {pool}: {}",
-                                p.logins_key, e.message
-                            ),
-                            crate::broker::hint(&fetch, Some(&p.name), Some(&p.logins_key))
-                                .unwrap_or_default(),
-                        )
-                        .with_code("LoginRejected"),
-                    );
+                    checks.push(pool_trust_refused(p, pool, e));
                 }
                 pool_line.get_or_insert_with(|| {
                     Check::ok(
@@ -436,23 +437,7 @@ async fn cognito_probe(
                 });
             }
             ProbeAnswer::PoolNotFound(e) => {
-                pool_line = Some(
-                    Check::fail(
-                        "cognito.pool",
-                        format!(
-                            "Cognito at {endpoint} answers, but identity pool {pool} does not \
-                             exist in {region}: {}",
-                            e.message
-                        ),
-                        format!(
-                            "copy the Identity pool ID from the Cognito console (Identity pools → \
-                             your pool → Identity pool ID) into cognito.identity_pool_id, and set \
-                             cognito.region to the region the console shows it in (the id starts \
-                             with it); {pool} is not a pool of this account in {region}"
-                        ),
-                    )
-                    .with_code("ResourceNotFound"),
-                );
+                pool_line = Some(pool_not_found(&endpoint, pool, region, &e));
                 break;
             }
             ProbeAnswer::Failing(e) => {
@@ -477,6 +462,40 @@ async fn cognito_probe(
         .unwrap_or(checks.len());
     checks.insert(at, line);
     (ok, untrusted)
+}
+
+/// `provider.<name>.pool_trust`: the pool refused the provider's Logins key as not one of its
+/// providers; the daemon's fix for that refusal.
+fn pool_trust_refused(p: &config::ProviderConfig, pool: &str, e: &UpstreamError) -> Check {
+    let fetch = exchange::fetch_error(e);
+    Check::fail(
+        format!("provider.{}.pool_trust", p.name),
+        format!(
+            "Cognito says Logins key {:?} is not a provider of identity pool {pool}: {}",
+            p.logins_key, e.message
+        ),
+        crate::broker::hint(&fetch, Some(&p.name), Some(&p.logins_key)).unwrap_or_default(),
+    )
+    .with_code("LoginRejected")
+}
+
+/// `cognito.pool` when Cognito answers that the pool does not exist in `region`.
+fn pool_not_found(endpoint: &str, pool: &str, region: &str, e: &UpstreamError) -> Check {
+    Check::fail(
+        "cognito.pool",
+        format!(
+            "Cognito at {endpoint} answers, but identity pool {pool} does not exist in \
+             {region}: {}",
+            e.message
+        ),
+        format!(
+            "copy the Identity pool ID from the Cognito console (Identity pools → your pool → \
+             Identity pool ID) into cognito.identity_pool_id, and set cognito.region to the \
+             region the console shows it in (the id starts with it); {pool} is not a pool of \
+             this account in {region}"
+        ),
+    )
+    .with_code("ResourceNotFound")
 }
 
 fn cognito_unreachable(endpoint: &str, why: &str) -> Check {

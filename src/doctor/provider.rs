@@ -15,13 +15,15 @@ use crate::http::{self, HttpsClient};
 /// Largest document read (as the daemon's loader).
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 
+/// A JWKS key, as read.
+type Key = serde_json::Map<String, Value>;
+
 /// The checks of one provider, in order; later ones are skipped once one fails.
 pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderConfig) -> Vec<Check> {
-    let id = |what: &str| format!("provider.{}.{what}", p.name);
     let mut checks = Vec::new();
     let skip_rest = |checks: &mut Vec<Check>, from: &[&str], why: &str| {
         for what in from {
-            checks.push(Check::skip(id(what), format!("skipped: {why}")));
+            checks.push(Check::skip(id(p, what), format!("skipped: {why}")));
         }
     };
 
@@ -29,32 +31,11 @@ pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderCon
     let url = p.discovery_url();
     let discovery = match get_json(http, &url, timeout).await {
         Ok(doc) => {
-            checks.push(Check::ok(id("discovery"), format!("{url} answered 200")));
+            checks.push(Check::ok(id(p, "discovery"), format!("{url} answered 200")));
             doc
         }
         Err(e) => {
-            let fix = match e {
-                GetError::Status(404) => format!(
-                    "providers.{}.issuer must be the issuer itself (the token's iss), whose \
-                     discovery document is <issuer>/.well-known/openid-configuration; for Auth0 \
-                     that is https://<tenant>.<region>.auth0.com/ or your custom domain, with the \
-                     trailing slash",
-                    p.name
-                ),
-                GetError::Status(s) if s >= 500 => {
-                    "the issuer is failing; retry later, and check its status page".to_owned()
-                }
-                _ => format!(
-                    "check providers.{}.issuer and that this host reaches it (DNS, proxy, \
-                     firewall)",
-                    p.name
-                ),
-            };
-            checks.push(Check::fail(
-                id("discovery"),
-                format!("cannot read the discovery document {url}: {e}"),
-                fix,
-            ));
+            checks.push(discovery_failed(p, &url, &e));
             skip_rest(
                 &mut checks,
                 &["issuer", "jwks", "algorithms"],
@@ -65,10 +46,61 @@ pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderCon
     };
 
     // 2. The issuer, byte for byte.
+    checks.push(issuer(p, &url, &discovery));
+
+    // 3. The JWKS.
+    let (line, keys) = jwks(http, timeout, p, &url, &discovery).await;
+    checks.push(line);
+    let keys = match keys {
+        Ok(keys) => keys,
+        Err(why) => {
+            skip_rest(&mut checks, &["algorithms"], why);
+            return checks;
+        }
+    };
+
+    // 4. RS256 on offer: in the discovery document and as an RSA key.
+    checks.push(algorithms(p, &discovery, &keys));
+    checks
+}
+
+/// The id of the line `what` of provider `p`: `provider.<name>.<what>`.
+fn id(p: &ProviderConfig, what: &str) -> String {
+    format!("provider.{}.{what}", p.name)
+}
+
+/// `discovery` failed: what to change depends on how.
+fn discovery_failed(p: &ProviderConfig, url: &str, e: &GetError) -> Check {
+    let fix = match e {
+        GetError::Status(404) => format!(
+            "providers.{}.issuer must be the issuer itself (the token's iss), whose \
+             discovery document is <issuer>/.well-known/openid-configuration; for Auth0 \
+             that is https://<tenant>.<region>.auth0.com/ or your custom domain, with the \
+             trailing slash",
+            p.name
+        ),
+        GetError::Status(s) if *s >= 500 => {
+            "the issuer is failing; retry later, and check its status page".to_owned()
+        }
+        _ => format!(
+            "check providers.{}.issuer and that this host reaches it (DNS, proxy, \
+             firewall)",
+            p.name
+        ),
+    };
+    Check::fail(
+        id(p, "discovery"),
+        format!("cannot read the discovery document {url}: {e}"),
+        fix,
+    )
+}
+
+/// `issuer`: the discovery document names exactly the configured issuer.
+fn issuer(p: &ProviderConfig, url: &str, discovery: &Key) -> Check {
     let configured = p.issuer.as_str();
     match discovery.get("issuer").and_then(Value::as_str) {
-        Some(found) if found == configured => checks.push(Check::ok(
-            id("issuer"),
+        Some(found) if found == configured => Check::ok(
+            id(p, "issuer"),
             format!(
                 "the discovery document names issuer {found:?}, exactly providers.{}.issuer; the \
                  IAM OpenID Connect provider URL for it is {:?} and the Logins key {:?}",
@@ -76,7 +108,7 @@ pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderCon
                 found.trim_end_matches('/'),
                 p.logins_key
             ),
-        )),
+        ),
         Some(found) => {
             let slash = if found.trim_end_matches('/') == configured.trim_end_matches('/') {
                 if found.ends_with('/') {
@@ -87,8 +119,8 @@ pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderCon
             } else {
                 ""
             };
-            checks.push(Check::fail(
-                id("issuer"),
+            Check::fail(
+                id(p, "issuer"),
                 format!(
                     "the discovery document names issuer {found:?} but providers.{}.issuer is \
                      {configured:?}{slash}",
@@ -100,61 +132,72 @@ pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderCon
                      '/')",
                     p.name
                 ),
-            ));
+            )
         }
-        None => checks.push(Check::fail(
-            id("issuer"),
+        None => Check::fail(
+            id(p, "issuer"),
             format!("the discovery document {url} has no \"issuer\""),
             "this is not an OpenID Connect discovery document: check providers.<name>.issuer",
-        )),
+        ),
     }
+}
 
-    // 3. The JWKS.
+/// `jwks`: the discovery document's `jwks_uri` answers with keys, each with a `kid`. The line,
+/// and the keys, or why the algorithms cannot be checked.
+async fn jwks(
+    http: &HttpsClient,
+    timeout: Duration,
+    p: &ProviderConfig,
+    url: &str,
+    discovery: &Key,
+) -> (Check, Result<Vec<Key>, &'static str>) {
     let Some(jwks_uri) = discovery.get("jwks_uri").and_then(Value::as_str) else {
-        checks.push(Check::fail(
-            id("jwks"),
+        let line = Check::fail(
+            id(p, "jwks"),
             format!("the discovery document {url} has no \"jwks_uri\""),
             "the issuer must publish its signing keys (jwks_uri) for credbroker and Cognito to \
              verify tokens",
-        ));
-        skip_rest(&mut checks, &["algorithms"], "needs the JWKS");
-        return checks;
+        );
+        return (line, Err("needs the JWKS"));
     };
-    let jwks = match get_json(http, jwks_uri, timeout).await {
+    let mut jwks = match get_json(http, jwks_uri, timeout).await {
         Ok(jwks) => jwks,
         Err(e) => {
-            checks.push(Check::fail(
-                id("jwks"),
+            let line = Check::fail(
+                id(p, "jwks"),
                 format!("cannot read the JWKS {jwks_uri} (the discovery document's jwks_uri): {e}"),
                 "the issuer's keys must be reachable from this host (and from AWS: IAM fetches \
                  the same jwks_uri to check tokens for Cognito); check the network path (proxy, \
                  firewall) and the issuer's jwks_uri",
-            ));
-            skip_rest(&mut checks, &["algorithms"], "needs the JWKS");
-            return checks;
+            );
+            return (line, Err("needs the JWKS"));
         }
     };
-    let keys: Vec<&serde_json::Map<String, Value>> = jwks
-        .get("keys")
-        .and_then(Value::as_array)
-        .map(|keys| keys.iter().filter_map(Value::as_object).collect())
-        .unwrap_or_default();
+    let keys: Vec<Key> = match jwks.remove("keys") {
+        Some(Value::Array(keys)) => keys
+            .into_iter()
+            .filter_map(|k| match k {
+                Value::Object(k) => Some(k),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let kids: Vec<&str> = keys
         .iter()
         .filter_map(|k| k.get("kid").and_then(Value::as_str))
         .collect();
     if keys.is_empty() {
-        checks.push(Check::fail(
-            id("jwks"),
+        let line = Check::fail(
+            id(p, "jwks"),
             format!("the JWKS {jwks_uri} publishes no keys"),
             "the issuer must publish the public keys it signs ID tokens with",
-        ));
-        skip_rest(&mut checks, &["algorithms"], "needs keys");
-        return checks;
+        );
+        return (line, Err("needs keys"));
     }
-    if kids.len() < keys.len() {
-        checks.push(Check::fail(
-            id("jwks"),
+    let line = if kids.len() < keys.len() {
+        Check::fail(
+            id(p, "jwks"),
             format!(
                 "{} of the {} keys in {jwks_uri} have no kid",
                 keys.len() - kids.len(),
@@ -162,18 +205,21 @@ pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderCon
             ),
             "Cognito and IAM choose the verification key by the token's kid: the issuer must \
              give every key a kid",
-        ));
+        )
     } else {
-        checks.push(Check::ok(
-            id("jwks"),
+        Check::ok(
+            id(p, "jwks"),
             format!(
                 "{jwks_uri} answered 200 with {} key(s), kids {kids:?}",
                 keys.len()
             ),
-        ));
-    }
+        )
+    };
+    (line, Ok(keys))
+}
 
-    // 4. RS256 on offer: in the discovery document and as an RSA key.
+/// `algorithms`: RS256 is offered, in the discovery document and as an RSA signing key.
+fn algorithms(p: &ProviderConfig, discovery: &Key, keys: &[Key]) -> Check {
     let offered: Option<Vec<&str>> = discovery
         .get("id_token_signing_alg_values_supported")
         .and_then(Value::as_array)
@@ -195,30 +241,26 @@ pub(super) async fn check(http: &HttpsClient, timeout: Duration, p: &ProviderCon
         .as_ref()
         .map_or("not listed".to_owned(), |o| format!("{o:?}"));
     if rs256_listed && rsa_keys > 0 {
-        checks.push(Check::ok(
-            id("algorithms"),
+        return Check::ok(
+            id(p, "algorithms"),
             format!(
                 "RS256 is offered (id_token_signing_alg_values_supported {listed}; {rsa_keys} RSA \
                  signing key(s))"
             ),
-        ));
-    } else {
-        let detail = if rs256_listed {
-            format!("the JWKS has no RSA signing key for RS256 (signing algorithms: {listed})")
-        } else {
-            format!(
-                "the issuer does not offer RS256 (id_token_signing_alg_values_supported {listed})"
-            )
-        };
-        checks.push(Check::fail(
-            id("algorithms"),
-            detail,
-            "Cognito verifies only RS256-signed ID tokens: have the issuer sign with RS256 (in \
-             Auth0: Applications → your app → Settings → Advanced Settings → OAuth → JSON Web \
-             Token Signature Algorithm = RS256)",
-        ));
+        );
     }
-    checks
+    let detail = if rs256_listed {
+        format!("the JWKS has no RSA signing key for RS256 (signing algorithms: {listed})")
+    } else {
+        format!("the issuer does not offer RS256 (id_token_signing_alg_values_supported {listed})")
+    };
+    Check::fail(
+        id(p, "algorithms"),
+        detail,
+        "Cognito verifies only RS256-signed ID tokens: have the issuer sign with RS256 (in \
+         Auth0: Applications → your app → Settings → Advanced Settings → OAuth → JSON Web \
+         Token Signature Algorithm = RS256)",
+    )
 }
 
 /// Why a document could not be read.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Check;
 use crate::clock::{self, SharedClock};
 use crate::config::Config;
-use crate::credential_process::read_token_file;
+use crate::credential_process::{TokenFile, read_token_file};
 use crate::oidc::{TokenError, Validator, VerifiedToken};
 use crate::sessions;
 
@@ -26,6 +26,23 @@ pub(super) async fn check(
         ));
         return None;
     };
+    let file = read(path, checks)?;
+    let raw = file.token.expose_str();
+    if sessions::is_handle(raw) {
+        checks.push(Check::fail(
+            "token.validation",
+            "the file holds a session handle (cbs_…): only the daemon that issued it knows what \
+             it stands for",
+            "point --token-file at a file holding the user's ID token",
+        ));
+        return None;
+    }
+    validate(config, validator, clock, raw, checks).await
+}
+
+/// `token.file`: the file holds a token (a warning when whitespace surrounds it, which AWS SDKs
+/// would send as it is).
+fn read(path: &Path, checks: &mut Vec<Check>) -> Option<TokenFile> {
     let shown = path.display();
     let file = match read_token_file(path) {
         Ok(f) => f,
@@ -54,16 +71,18 @@ pub(super) async fn check(
             format!("read {shown} ({} bytes)", file.token.len()),
         ));
     }
-    let raw = file.token.expose_str();
-    if sessions::is_handle(raw) {
-        checks.push(Check::fail(
-            "token.validation",
-            "the file holds a session handle (cbs_…): only the daemon that issued it knows what \
-             it stands for",
-            "point --token-file at a file holding the user's ID token",
-        ));
-        return None;
-    }
+    Some(file)
+}
+
+/// `token.validation` by credbroker's own validator (and `token.validity`, a warning, when less
+/// than `tokens.min_token_validity` is left).
+async fn validate(
+    config: &Config,
+    validator: &Validator,
+    clock: &SharedClock,
+    raw: &str,
+    checks: &mut Vec<Check>,
+) -> Option<Arc<VerifiedToken>> {
     match validator.validate(raw).await {
         Ok(token) => {
             let now = clock.now();

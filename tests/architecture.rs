@@ -23,12 +23,6 @@ const MAX_FILE_LINES: usize = 1000;
 /// Longest function, in lines of code.
 const MAX_FN_LINES: usize = 80;
 
-/// Size debt: files (`"config.rs"`) and functions (`"app.rs start"`) over the limits today,
-/// each to be split by issue 14's remaining moves. The list may only shrink: an entry that is no
-/// longer over its limit fails the test until it is removed. It covers sizes only; no import
-/// is ever excused.
-const SIZE_DEBT: &[&str] = &[];
-
 /// The rooms of `src/`, by module path, and their ranks: a room may refer only to rooms of a
 /// lower rank. The tens are the layers of ARCHITECTURE.md; the units order rooms inside one.
 const ROOMS: &[(&str, u32)] = &[
@@ -565,21 +559,9 @@ struct Findings {
     /// Room → rooms it refers to.
     graph: BTreeMap<String, BTreeSet<String>>,
     problems: Vec<String>,
-    /// Entries of the size debt that are still over their limit.
-    debt: BTreeSet<String>,
 }
 
 fn check(files: &[File], rooms: &[(&str, u32)], max_file: usize, max_fn: usize) -> Findings {
-    check_with_debt(files, rooms, max_file, max_fn, &[])
-}
-
-fn check_with_debt(
-    files: &[File],
-    rooms: &[(&str, u32)],
-    max_file: usize,
-    max_fn: usize,
-    debt: &[&str],
-) -> Findings {
     let mut found = Findings::default();
     let modules: BTreeSet<Vec<String>> = files.iter().map(|f| f.module.clone()).collect();
     // Sibling edges inside a room: (room, from child, to child).
@@ -597,19 +579,14 @@ fn check_with_debt(
             ));
             continue;
         };
-        if file.lines > max_file && debt.contains(&file.path.as_str()) {
-            found.debt.insert(file.path.clone());
-        } else if file.lines > max_file {
+        if file.lines > max_file {
             found.problems.push(format!(
                 "src/{}: {} lines of code (at most {max_file}, tests aside); split it along its jobs",
                 file.path, file.lines
             ));
         }
         for (name, line, n) in &file.functions {
-            let key = format!("{} {name}", file.path);
-            if *n > max_fn && debt.contains(&key.as_str()) {
-                found.debt.insert(key);
-            } else if *n > max_fn {
+            if *n > max_fn {
                 found.problems.push(format!(
                     "src/{}:{line}: fn {name} has {n} lines of code (at most {max_fn})",
                     file.path
@@ -745,15 +722,7 @@ fn src_files() -> Vec<File> {
 fn imports_point_down_and_rooms_stay_small() {
     let files = src_files();
     assert!(files.len() > 20, "found the sources");
-    let mut found = check_with_debt(&files, ROOMS, MAX_FILE_LINES, MAX_FN_LINES, SIZE_DEBT);
-    for entry in SIZE_DEBT {
-        if !found.debt.contains(*entry) {
-            found.problems.push(format!(
-                "SIZE_DEBT lists {entry:?}, which is within its limit now: remove it from the list"
-            ));
-        }
-    }
-    println!("size debt still open: {:?}", found.debt);
+    let found = check(&files, ROOMS, MAX_FILE_LINES, MAX_FN_LINES);
 
     println!("rooms (rank) -> what they refer to:");
     let rank = |r: &str| ROOMS.iter().find(|(n, _)| *n == r).map_or(0, |(_, k)| *k);
@@ -918,11 +887,6 @@ fn long_files_and_functions_fail() {
         found.problems,
         ["src/low.rs: 31 lines of code (at most 30, tests aside); split it along its jobs"]
     );
-    let files = vec![read("low.rs", &long_fn)];
-    let rooms: &[(&str, u32)] = &[("low", 0)];
-    let excused = check_with_debt(&files, rooms, 30, 5, &["low.rs long"]);
-    assert!(excused.problems.is_empty(), "{:?}", excused.problems);
-    assert_eq!(excused.debt, BTreeSet::from(["low.rs long".to_owned()]));
     let unranked = synthetic(&[("elsewhere.rs", "")]);
     assert!(
         unranked.problems[0].contains("module elsewhere belongs to no room"),

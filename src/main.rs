@@ -145,6 +145,7 @@ fn main() -> ExitCode {
             }
             ExitCode::from(report.exit_code())
         }
+        Command::GenKey(args) => credbroker::shared::gen_key(args.id.as_deref(), args.naming),
         Command::CredentialProcess(args) => {
             let options = credential_process::Options {
                 url: args.url,

@@ -518,14 +518,7 @@ async fn redis_holds_no_token_secret_subject_or_issuer() {
     key_of(&first);
     key_of(&fleet.get(1, &token).await);
     // A session too: its handle must not reach Redis either.
-    let session = fleet
-        .h
-        .post("/v1/sessions", &[("authorization", token.as_str())], "")
-        .await;
-    let handle = session.json()["session"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let handle = crate::sessions::create_session(&fleet.h, &token).await;
     let body = first.json();
     let secret = body["SecretAccessKey"].as_str().expect("secret").to_owned();
     let session_token = body["Token"].as_str().expect("token").to_owned();
@@ -543,9 +536,7 @@ async fn redis_holds_no_token_secret_subject_or_issuer() {
             issuer.trim_start_matches("http://").trim_end_matches('/'),
         ),
     ];
-    if !handle.is_empty() {
-        needles.push(("session handle", handle.as_str()));
-    }
+    needles.push(("session handle", handle.as_str()));
     for (key, value) in &dump {
         for (what, needle) in &needles {
             let n = needle.as_bytes();
@@ -656,13 +647,55 @@ async fn the_fleet_budget_holds_the_fleets_renewals_under_its_rate() {
         .max()
         .unwrap_or(0);
     let late = overruns() - overruns_after_first_wave;
+    // The limiter grants at most RATE × 1 s + BURST slots in any second; the emulator sees
+    // each call a little after its grant (an HTTP round trip on a loaded machine), which can
+    // move a call or two across a window's edge: 10 % margin. Unlimited, the 200 renewals
+    // would land within the one-second jitter window.
     assert!(
-        peak as f64 <= RATE + BURST + late,
+        peak as f64 <= (RATE + BURST) * 1.1 + late,
         "peak {peak} calls in a second over a budget of {RATE}/s + {BURST} ({late} overruns)"
     );
     assert_eq!(
         late, 0.0,
         "renewals landed before anyone needed an on-demand exchange"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_drops_the_shared_set_so_the_next_exchange_anywhere_is_fresh() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(&redis, 1, "", Tweaks::default()).await;
+    let token = fleet.h.issuer.token_for("auth0|leaving");
+    let handle = crate::sessions::create_session(&fleet.h, &token).await;
+    let shared_sets = || async {
+        redis
+            .dump()
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.ends_with(":cr"))
+            .count()
+    };
+    assert_eq!(shared_sets().await, 1, "the session's set is shared");
+    let url = format!(
+        "http://{}/v1/sessions/current",
+        fleet.replica(0).container_addr
+    );
+    let out = request(&fleet.http, "DELETE", &url, &[("authorization", &handle)]).await;
+    assert_eq!(out.json()["identity_evicted"], true, "{}", out.text());
+    for _ in 0..100 {
+        if shared_sets().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(shared_sets().await, 0, "the logout deleted the shared set");
+    let calls = fleet.h.credential_calls();
+    key_of(&fleet.get(1, &token).await);
+    assert_eq!(
+        fleet.h.credential_calls(),
+        calls + 1,
+        "the other replica exchanged afresh"
     );
     fleet.stop().await;
 }

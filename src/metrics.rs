@@ -596,6 +596,17 @@ pub struct SharedMetrics {
     pub budget_wait: HistogramVec,
 }
 
+fn shared_available(r: &Registry) -> IntGauge {
+    let g = IntGauge::new(
+        "shared_available",
+        "1 while the shared tier (Redis) answers; 0 while this replica skips it and exchanges \
+         on its own.",
+    )
+    .expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
 impl SharedMetrics {
     fn register(r: &Registry) -> Self {
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -612,14 +623,6 @@ impl SharedMetrics {
             r.register(Box::new(h.clone())).expect("unique metric");
             h
         };
-        let available = IntGauge::new(
-            "shared_available",
-            "1 while the shared tier (Redis) answers; 0 while this replica skips it and \
-             exchanges on its own.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(available.clone()))
-            .expect("unique metric");
         let m = Self {
             lookups: counter(
                 "shared_lookups_total",
@@ -644,7 +647,7 @@ impl SharedMetrics {
                 "Shared-tier operation latency.",
                 &["op"],
             ),
-            available,
+            available: shared_available(r),
             locks: counter(
                 "shared_lock_total",
                 "Cross-replica exchange locks: acquired (this replica exchanges) or contended \

@@ -408,8 +408,29 @@ impl Readiness {
         let ready = reasons.is_empty();
         self.metrics.ready.set(i64::from(ready));
         let mut warnings = Vec::new();
-        let shared = self
-            .identities
+        let shared = self.shared_report(&mut warnings);
+        Report {
+            ready,
+            reasons,
+            shutting_down,
+            providers,
+            cognito: CognitoReport {
+                status: contact.status,
+                detail: contact.detail,
+                seconds_since_last_contact: contact
+                    .at
+                    .map(|at| clock::saturating_sub(now, at).as_secs()),
+            },
+            credentials_cached,
+            shared,
+            warnings,
+        }
+    }
+
+    /// The shared tier's state (read from its breaker, never by calling Redis); an outage is a
+    /// warning, not a reason.
+    fn shared_report(&self, warnings: &mut Vec<String>) -> Option<SharedReport> {
+        self.identities
             .shared_tier()
             .map(|tier| match tier.outage() {
                 None => SharedReport {
@@ -432,23 +453,7 @@ impl Readiness {
                         detail: Some(class),
                     }
                 }
-            });
-        Report {
-            ready,
-            reasons,
-            shutting_down,
-            providers,
-            cognito: CognitoReport {
-                status: contact.status,
-                detail: contact.detail,
-                seconds_since_last_contact: contact
-                    .at
-                    .map(|at| clock::saturating_sub(now, at).as_secs()),
-            },
-            credentials_cached,
-            shared,
-            warnings,
-        }
+            })
     }
 
     fn credentials_cached(&self) -> bool {

@@ -55,6 +55,21 @@ pub enum Command {
     /// Print AWS credentials from the running credbroker in the `credential_process` format of
     /// ~/.aws/config (never talks to Cognito itself).
     CredentialProcess(CredentialProcessArgs),
+    /// Print a new line for the fleet mode keys file (`shared.encryption_keys_file`):
+    /// `<key id>:<base64 of 32 random bytes>`. Put a new encryption key first to rotate.
+    GenKey(GenKeyArgs),
+}
+
+/// Flags of `gen-key`.
+#[derive(Debug, Args)]
+pub struct GenKeyArgs {
+    /// The key id (default: `k` and today's date, e.g. `k20261201`).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Print the `naming` line too (the key that names Redis keys: one per fleet, kept across
+    /// rotations), for a new keys file.
+    #[arg(long)]
+    pub naming: bool,
 }
 
 /// What `demo` and `emulators` say in a build without the `emulators` feature (where they are

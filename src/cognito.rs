@@ -376,6 +376,32 @@ impl RetryPolicy {
     }
 }
 
+/// Whether a caller waits for a Cognito call (a budget decides who goes first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A caller is waiting for the answer.
+    OnDemand,
+    /// A renewal ahead of expiry: nobody waits.
+    Background,
+}
+
+impl Priority {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on_demand",
+            Self::Background => "background",
+        }
+    }
+}
+
+/// A limiter asked before every Cognito attempt, retries included (fleet mode's budget). It
+/// returns when the attempt may go; it never fails a call.
+pub trait Budget: Send + Sync + 'static {
+    /// Waits for a slot for `op`.
+    fn acquire(&self, op: Operation, priority: Priority) -> BoxFuture<'_, ()>;
+}
+
 /// Calls Cognito with retries, backoff and metrics.
 #[derive(Clone)]
 pub struct Exchanger {
@@ -383,6 +409,7 @@ pub struct Exchanger {
     identity_pool_id: Arc<str>,
     policy: RetryPolicy,
     metrics: Metrics,
+    budget: Option<Arc<dyn Budget>>,
 }
 
 impl fmt::Debug for Exchanger {
@@ -407,7 +434,15 @@ impl Exchanger {
             identity_pool_id: identity_pool_id.into(),
             policy,
             metrics,
+            budget: None,
         }
+    }
+
+    /// Asks `budget` before every attempt.
+    #[must_use]
+    pub fn with_budget(mut self, budget: Option<Arc<dyn Budget>>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The identity pool.
@@ -416,8 +451,12 @@ impl Exchanger {
     }
 
     /// GetId, retried.
-    pub async fn get_id(&self, login: Login<'_>) -> Result<String, UpstreamError> {
-        self.with_retries(Operation::GetId, || {
+    pub async fn get_id(
+        &self,
+        login: Login<'_>,
+        priority: Priority,
+    ) -> Result<String, UpstreamError> {
+        self.with_retries(Operation::GetId, priority, || {
             self.api.get_id(&self.identity_pool_id, login)
         })
         .await
@@ -429,8 +468,9 @@ impl Exchanger {
         identity_id: &str,
         login: Login<'_>,
         custom_role_arn: Option<&str>,
+        priority: Priority,
     ) -> Result<RawCredentials, UpstreamError> {
-        self.with_retries(Operation::GetCredentialsForIdentity, || {
+        self.with_retries(Operation::GetCredentialsForIdentity, priority, || {
             self.api
                 .get_credentials(identity_id, login, custom_role_arn)
         })
@@ -440,6 +480,7 @@ impl Exchanger {
     async fn with_retries<'a, T>(
         &'a self,
         op: Operation,
+        priority: Priority,
         call: impl Fn() -> BoxFuture<'a, Result<T, UpstreamError>>,
     ) -> Result<T, UpstreamError> {
         let latency = self
@@ -448,6 +489,9 @@ impl Exchanger {
             .with_label_values(&[op.as_str()]);
         let mut attempt = 1;
         loop {
+            if let Some(budget) = &self.budget {
+                budget.acquire(op, priority).await;
+            }
             let started = Instant::now();
             // The SDK client enforces the same timeout; enforcing it here too makes it hold for
             // every CognitoApi (the in-process emulator of paused-time tests included).
@@ -568,10 +612,13 @@ mod tests {
         let token = SecretString::new("t".to_owned());
         let started = tokio::time::Instant::now();
         let err = exchanger
-            .get_id(Login {
-                key: "issuer",
-                token: &token,
-            })
+            .get_id(
+                Login {
+                    key: "issuer",
+                    token: &token,
+                },
+                Priority::OnDemand,
+            )
             .await
             .expect_err("never answered");
         assert_eq!(err.kind, ErrorKind::Timeout);

@@ -62,6 +62,7 @@ pub mod telemetry;
 pub mod appsync;
 pub mod cognito;
 pub mod probe;
+pub mod shared;
 
 // 4 core
 #[cfg(feature = "emulators")]

@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         }
         Command::Probe { timeout } => run_probe(&runtime, Duration::from_secs(timeout)),
         Command::Doctor(args) => run_doctor(&runtime, args, cli.config, env),
+        Command::GenKey(args) => credbroker::shared::gen_key(args.id.as_deref(), args.naming),
         Command::CredentialProcess(args) => run_credential_process(&runtime, args, &env),
     }
 }

@@ -135,6 +135,8 @@ pub struct Inner {
     pub http_host_refusals: IntCounterVec,
     /// Pre-resolved hot-path handles.
     pub hot: HotPath,
+    /// Fleet mode's shared tier (`credbroker_shared_*`, `credbroker_budget_*`).
+    pub shared: SharedMetrics,
 }
 
 /// Handles for the cached-credentials path, resolved once.
@@ -415,6 +417,7 @@ impl Metrics {
             &requests,
             &request_latency,
         );
+        let shared = SharedMetrics::register(&registry);
         let inner = Inner {
             jwks_fetches: r.counter_vec(&JWKS_FETCHES),
             jwks_refetch_suppressed: r.counter_vec(&JWKS_REFETCH_SUPPRESSED),
@@ -444,6 +447,7 @@ impl Metrics {
             requests,
             request_latency,
             hot,
+            shared,
             process: process_registry(),
             registry,
         };
@@ -556,7 +560,7 @@ impl Inner {
             self.cache_evictions.with_label_values(&[cause]);
         }
         for trigger in ["ahead", "on_demand"] {
-            for result in ["ok", "failed"] {
+            for result in ["ok", "failed", "adopted"] {
                 self.refreshes.with_label_values(&[trigger, result]);
             }
         }
@@ -612,6 +616,159 @@ impl std::ops::Deref for Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
+    }
+}
+
+/// The shared tier's metrics (registered whether or not `[shared]` is configured, so the
+/// series exist at 0 on every replica).
+pub struct SharedMetrics {
+    /// `credbroker_shared_lookups_total{kind, result}`: identity_id / credentials lookups in
+    /// Redis: hit, miss, rejected (did not decrypt or verify), error (Redis failed), skipped
+    /// (Redis marked unavailable).
+    pub lookups: IntCounterVec,
+    /// `credbroker_shared_rejected_total{reason}`: entries dropped instead of served.
+    pub rejected: IntCounterVec,
+    /// `credbroker_shared_errors_total{op, class}`: failed Redis operations.
+    pub errors: IntCounterVec,
+    /// `credbroker_shared_op_duration_seconds{op}`.
+    pub op_latency: HistogramVec,
+    /// `credbroker_shared_available`: 1 while Redis answers, 0 while it is skipped.
+    pub available: IntGauge,
+    /// `credbroker_shared_lock_total{result}`: exchange locks acquired or contended.
+    pub locks: IntCounterVec,
+    /// `credbroker_shared_lock_waits_total{outcome}`: waits for another replica's exchange.
+    pub lock_waits: IntCounterVec,
+    /// `credbroker_cognito_calls_avoided_total{operation, reason}`.
+    pub calls_avoided: IntCounterVec,
+    /// `credbroker_budget_requests_total{operation, priority, result}`.
+    pub budget: IntCounterVec,
+    /// `credbroker_budget_wait_seconds{operation}`: time spent waiting for a budget slot.
+    pub budget_wait: HistogramVec,
+}
+
+fn shared_available(r: &Registry) -> IntGauge {
+    let g = IntGauge::new(
+        "shared_available",
+        "1 while the shared tier (Redis) answers; 0 while this replica skips it and exchanges \
+         on its own.",
+    )
+    .expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl SharedMetrics {
+    fn register(r: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            r.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let m = Self {
+            lookups: counter(
+                "shared_lookups_total",
+                "Shared-tier lookups by kind (identity_id, credentials) and result (hit, miss, \
+                 rejected, error, skipped).",
+                &["kind", "result"],
+            ),
+            rejected: counter(
+                "shared_rejected_total",
+                "Shared-tier entries dropped instead of used, by reason (decrypt, unknown_key, \
+                 malformed, mismatch, bad_mac, wrong_type).",
+                &["reason"],
+            ),
+            errors: counter(
+                "shared_errors_total",
+                "Failed shared-tier operations by operation and class (timeout, io, server, \
+                 protocol).",
+                &["op", "class"],
+            ),
+            op_latency: histogram(
+                "shared_op_duration_seconds",
+                "Shared-tier operation latency.",
+                &["op"],
+            ),
+            available: shared_available(r),
+            locks: counter(
+                "shared_lock_total",
+                "Cross-replica exchange locks: acquired (this replica exchanges) or contended \
+                 (another one does).",
+                &["result"],
+            ),
+            lock_waits: counter(
+                "shared_lock_waits_total",
+                "Waits for another replica's exchange by outcome: adopted (its set was used), \
+                 acquired (it gave up; this replica exchanged), timeout (lock_wait passed).",
+                &["outcome"],
+            ),
+            calls_avoided: counter(
+                "cognito_calls_avoided_total",
+                "Cognito calls not made thanks to the shared tier, by operation and reason \
+                 (shared_id, shared_credentials).",
+                &["operation", "reason"],
+            ),
+            budget: counter(
+                "budget_requests_total",
+                "Fleet Cognito budget decisions by operation, priority (on_demand, background) \
+                 and result (granted, waited, overrun, local).",
+                &["operation", "priority", "result"],
+            ),
+            budget_wait: histogram(
+                "budget_wait_seconds",
+                "Time Cognito calls waited for a fleet budget slot.",
+                &["operation"],
+            ),
+        };
+        m.initialize();
+        m
+    }
+
+    fn initialize(&self) {
+        for kind in ["identity_id", "credentials"] {
+            for result in ["hit", "miss", "rejected", "error", "skipped"] {
+                self.lookups.with_label_values(&[kind, result]);
+            }
+        }
+        for reason in [
+            "decrypt",
+            "unknown_key",
+            "malformed",
+            "mismatch",
+            "bad_mac",
+            "wrong_type",
+        ] {
+            self.rejected.with_label_values(&[reason]);
+        }
+        for result in ["acquired", "contended"] {
+            self.locks.with_label_values(&[result]);
+        }
+        for outcome in ["adopted", "acquired", "timeout"] {
+            self.lock_waits.with_label_values(&[outcome]);
+        }
+        for (op, reason) in [
+            ("GetId", "shared_id"),
+            ("GetId", "shared_credentials"),
+            ("GetCredentialsForIdentity", "shared_credentials"),
+        ] {
+            self.calls_avoided.with_label_values(&[op, reason]);
+        }
+        for op in ["GetId", "GetCredentialsForIdentity"] {
+            for priority in ["on_demand", "background"] {
+                for result in ["granted", "waited", "overrun", "local"] {
+                    self.budget.with_label_values(&[op, priority, result]);
+                }
+            }
+            self.budget_wait.with_label_values(&[op]);
+        }
     }
 }
 

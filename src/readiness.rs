@@ -213,6 +213,26 @@ pub struct Report {
     pub cognito: CognitoReport,
     /// Whether any cached credentials are servable (they prove Cognito answered recently).
     pub credentials_cached: bool,
+    /// Fleet mode's shared tier, when configured. Its outage never makes the broker unready
+    /// (the replica exchanges on its own): it shows here and in `warnings`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedReport>,
+    /// What works in a degraded way without making the broker unready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The shared tier's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct SharedReport {
+    /// `ok`, or `unavailable` while Redis is skipped.
+    pub status: &'static str,
+    /// Seconds since it stopped answering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable_for_seconds: Option<u64>,
+    /// How it failed (timeout, io, server, protocol).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'static str>,
 }
 
 /// What one Cognito probe found.
@@ -387,6 +407,8 @@ impl Readiness {
         let now = self.clock.now();
         let ready = reasons.is_empty();
         self.metrics.ready.set(i64::from(ready));
+        let mut warnings = Vec::new();
+        let shared = self.shared_report(&mut warnings);
         Report {
             ready,
             reasons,
@@ -400,7 +422,38 @@ impl Readiness {
                     .map(|at| clock::saturating_sub(now, at).as_secs()),
             },
             credentials_cached,
+            shared,
+            warnings,
         }
+    }
+
+    /// The shared tier's state (read from its breaker, never by calling Redis); an outage is a
+    /// warning, not a reason.
+    fn shared_report(&self, warnings: &mut Vec<String>) -> Option<SharedReport> {
+        self.identities
+            .shared_tier()
+            .map(|tier| match tier.outage() {
+                None => SharedReport {
+                    status: "ok",
+                    unavailable_for_seconds: None,
+                    detail: None,
+                },
+                Some((since, class)) => {
+                    let secs = SystemTime::now()
+                        .duration_since(since)
+                        .unwrap_or_default()
+                        .as_secs();
+                    warnings.push(format!(
+                        "shared tier unavailable for {secs} s ({class}): exchanging without the \
+                     fleet; sharing resumes when Redis answers"
+                    ));
+                    SharedReport {
+                        status: "unavailable",
+                        unavailable_for_seconds: Some(secs),
+                        detail: Some(class),
+                    }
+                }
+            })
     }
 
     fn credentials_cached(&self) -> bool {

@@ -41,6 +41,7 @@ const ROOMS: &[(&str, u32)] = &[
     ("cognito", 30),
     ("probe", 30),
     ("appsync", 30),
+    ("shared", 31),
     // 4 core rooms.
     ("oidc", 40),
     ("identity", 41),

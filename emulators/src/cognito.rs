@@ -325,7 +325,14 @@ pub struct OperationStats {
     pub ok: u64,
     /// Failed calls by `__type` (e.g. `NotAuthorizedException`, `SerializationException`).
     pub errors: BTreeMap<String, u64>,
+    /// When the first [`MAX_ARRIVALS`] calls arrived, in ms of the tokio clock since the
+    /// emulator started (rate limit tests count calls per window).
+    #[serde(skip)]
+    pub arrivals_ms: Vec<u64>,
 }
+
+/// Arrival times kept per operation.
+pub const MAX_ARRIVALS: usize = 100_000;
 
 /// Counters of a [`CognitoEmulator`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -540,6 +547,7 @@ impl CognitoEmulator {
             credentials: Mutex::new(HashMap::new()),
             stats: Mutex::new(CognitoStats::default()),
             faults: Faults::default(),
+            started: tokio::time::Instant::now(),
         });
         let server = serve(listener, routes(Arc::clone(&state)))?;
         Ok(CognitoEmulator { state, server })
@@ -660,6 +668,7 @@ struct CognitoState {
     credentials: Mutex<HashMap<String, IssuedCredentials>>,
     stats: Mutex<CognitoStats>,
     faults: Faults,
+    started: tokio::time::Instant,
 }
 
 /// Locks a mutex whose data stays consistent across a panic (single inserts and counters).
@@ -698,7 +707,17 @@ impl CognitoState {
         op: Operation,
         logic: impl FnOnce() -> Result<T, ServiceError>,
     ) -> Result<T, ServiceError> {
-        self.stats().operation_mut(op).calls += 1;
+        {
+            let since = self.started.elapsed();
+            let mut stats = self.stats();
+            let counters = stats.operation_mut(op);
+            counters.calls += 1;
+            if counters.arrivals_ms.len() < MAX_ARRIVALS {
+                counters
+                    .arrivals_ms
+                    .push(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+            }
+        }
         let result = match self.faults.before() {
             Err(error) => Err(error),
             Ok(latency) => {

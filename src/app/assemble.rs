@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::oidc::Validator;
 use crate::readiness::{CognitoWatch, Readiness, Watched};
 use crate::server::{self, container};
+use crate::shared::SharedTier;
 use crate::sources::file::TokenFileSource;
 use crate::sources::refresh::{FileStore, HttpTokenEndpoint, RefreshTokenSource, TokenEndpoint};
 use crate::sources::{IdentitySource, SourceDriver};
@@ -56,11 +57,18 @@ pub(super) fn core(config: &Config, overrides: Overrides, background: &Backgroun
         .cognito
         .unwrap_or_else(|| Arc::new(SdkCognito::new(&config.cognito)));
     let cognito_watch = Arc::new(CognitoWatch::new(clock.clone()));
-    let identities = IdentityCache::from_config(
+    let tier = config.shared.as_ref().and_then(|shared| {
+        SharedTier::new(shared, metrics.clone())
+            .inspect_err(|e| tracing::error!(error = %e, "fleet mode off: the shared tier failed"))
+            .ok()
+            .map(Arc::new)
+    });
+    let identities = IdentityCache::from_config_shared(
         Arc::new(Watched::new(api.clone(), cognito_watch.clone())),
         config,
         clock.clone(),
         metrics.clone(),
+        tier,
     );
     let readiness = Arc::new(Readiness::new(
         validator.clone(),

@@ -39,6 +39,7 @@ mod providers;
 mod read;
 mod server;
 mod sessions;
+mod shared;
 mod tokens;
 
 pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
@@ -55,6 +56,7 @@ pub(crate) use read::{Section, check_http_url};
 pub use read::{fmt_duration, is_loopback, parse_duration};
 pub use server::{DEFAULT_LISTEN, ServerConfig};
 pub use sessions::SessionsConfig;
+pub use shared::{BudgetConfig, KeyBytes, NAMING_KEY_ID, SharedConfig, parse_keys, redacted_url};
 pub use tokens::{Algorithm, TokenConfig, algorithm_refusal};
 
 use admin::build_admin;
@@ -101,6 +103,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// The admin listener (`[admin]`): metrics and health probes.
     pub admin: AdminConfig,
+    /// Fleet mode (`[shared]`): the shared tier in Redis/Valkey, when configured.
+    pub shared: Option<SharedConfig>,
 }
 
 /// One configuration problem, with the dotted path of the setting.
@@ -243,6 +247,7 @@ const SECTIONS: &[&str] = &[
     "grpc",
     "sessions",
     "admin",
+    "shared",
 ];
 
 /// Picks the environment variables that are settings: `CREDBROKER_<SECTION>__<KEY>`.
@@ -320,6 +325,18 @@ fn build(root: &Section<'_>) -> Option<Config> {
     let imds = build_imds(root, identities.as_deref(), cognito.as_ref());
     let grpc = finished(root.section("grpc"), grpc::build_grpc);
     let sessions = finished(root.section("sessions"), sessions::build_sessions);
+    let shared = finished(root.section("shared"), shared::build_shared);
+    if let (Some(Some(sh)), Some(sv)) = (&shared, &server)
+        && sh.lock_wait >= sv.request_timeout
+    {
+        root.error(
+            "shared.lock_wait",
+            format!(
+                "must be shorter than server.request_timeout ({}), or callers time out waiting",
+                fmt_duration(sv.request_timeout)
+            ),
+        );
+    }
     let admin = finished(root.section("admin"), |s| {
         build_admin(s, server.as_ref(), imds.as_ref().and_then(Option::as_ref))
     });
@@ -336,6 +353,7 @@ fn build(root: &Section<'_>) -> Option<Config> {
         grpc: grpc?,
         sessions: sessions?,
         admin: admin?,
+        shared: shared?,
     })
 }
 

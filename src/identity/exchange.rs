@@ -11,8 +11,9 @@ use futures_util::future::BoxFuture;
 use rand::Rng;
 
 use crate::clock;
-use crate::cognito::{ErrorKind, Login, RawCredentials, UpstreamError};
+use crate::cognito::{ErrorKind, Login, Priority, RawCredentials, UpstreamError};
 use crate::oidc::VerifiedToken;
+use crate::shared::{Adopted, Names, POLL_INTERVAL, SetRef, SharedTier, Turn};
 
 use super::{ASKED, Identity, Inflight, Issued, Shared, State, Trigger, lock, publish};
 
@@ -132,10 +133,20 @@ impl Shared {
         token: &Arc<VerifiedToken>,
         trigger: Trigger,
     ) -> Result<Arc<Issued>, FetchError> {
-        let result = self.exchange_inner(entry, token).await;
+        let (result, adopted) = match &self.tier {
+            Some(tier) => self.exchange_shared(tier, entry, token, trigger).await,
+            None => (
+                self.exchange_inner(entry, token, None, trigger.priority())
+                    .await,
+                false,
+            ),
+        };
         let now = self.clock.now();
         let outcome = match &result {
-            Ok(issued) => self.obtained(entry, issued, trigger, now),
+            Ok(issued) => match self.obtained(entry, issued, trigger, now) {
+                "ok" if adopted => "adopted",
+                other => other,
+            },
             Err(e) => self.failed(entry, token, e, trigger, now),
         };
         self.metrics
@@ -247,66 +258,188 @@ impl Shared {
         "failed"
     }
 
+    /// The exchange in fleet mode: adopt a set another replica shared, or take the fleet's
+    /// lock, exchange and share; while another replica holds the lock, wait for its set up to
+    /// `shared.lock_wait`, then exchange alone. Returns whether the set was adopted.
+    async fn exchange_shared(
+        &self,
+        tier: &SharedTier,
+        entry: &Arc<Identity>,
+        token: &Arc<VerifiedToken>,
+        trigger: Trigger,
+    ) -> (Result<Arc<Issued>, FetchError>, bool) {
+        let k = &entry.key;
+        let names = tier.names(&k.pool, &k.issuer, &k.subject, k.role.as_deref());
+        let current = entry.current();
+        let newer_than = current.as_ref().map(|c| c.expires_at);
+        // A renewal nobody waits for may wait for the holder as long as the current set lasts.
+        let wait = match (&current, trigger) {
+            (Some(c), Trigger::Ahead) => tier
+                .lock_wait()
+                .max(clock::saturating_sub(c.plan.serve_until, self.clock.now())),
+            _ => tier.lock_wait(),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let waits = &self.metrics.shared.lock_waits;
+        let mut waited = false;
+        loop {
+            match tier.acquire(&names, newer_than).await {
+                Turn::Adopt(set) => match self.adopt(entry, tier, set) {
+                    Some(issued) => {
+                        if waited {
+                            waits.with_label_values(&["adopted"]).inc();
+                        }
+                        return (Ok(issued), true);
+                    }
+                    None => break,
+                },
+                Turn::Exchange(held) => {
+                    if waited {
+                        waits.with_label_values(&["acquired"]).inc();
+                    }
+                    let result = self
+                        .exchange_inner(entry, token, Some(&names), trigger.priority())
+                        .await;
+                    match &result {
+                        Ok(issued) => self.share(tier, &names, issued, Some(held)).await,
+                        Err(_) => tier.release(&names, held).await,
+                    }
+                    return (result, false);
+                }
+                Turn::Wait if tokio::time::Instant::now() < deadline => {
+                    waited = true;
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+                Turn::Wait => {
+                    waits.with_label_values(&["timeout"]).inc();
+                    break;
+                }
+                Turn::Alone => break,
+            }
+        }
+        let result = self
+            .exchange_inner(entry, token, Some(&names), trigger.priority())
+            .await;
+        if let Ok(issued) = &result {
+            self.share(tier, &names, issued, None).await;
+        }
+        (result, false)
+    }
+
+    /// Another replica's set as this replica serves it, if it is servable here and now.
+    fn adopt(&self, entry: &Identity, tier: &SharedTier, set: Adopted) -> Option<Arc<Issued>> {
+        let identity_id: Arc<str> = set.identity_id.into();
+        let issued = Issued::new(
+            identity_id.clone(),
+            &set.raw,
+            self.account_id.as_deref(),
+            set.obtained_at,
+            &self.policy,
+            rand::thread_rng().r#gen::<f64>(),
+        )
+        .ok()
+        .filter(|i| i.servable_at(self.clock.now()))?;
+        let mut known = lock(&entry.identity_id);
+        if known.is_none() {
+            tier.avoided("GetId", "shared_credentials");
+        }
+        *known = Some(identity_id);
+        tier.avoided("GetCredentialsForIdentity", "shared_credentials");
+        Some(Arc::new(issued))
+    }
+
+    async fn share(
+        &self,
+        tier: &SharedTier,
+        names: &Names,
+        issued: &Issued,
+        held: Option<crate::shared::Lock>,
+    ) {
+        let set = SetRef {
+            identity_id: issued.identity_id(),
+            access_key_id: issued.access_key_id(),
+            secret_access_key: issued.secret_access_key(),
+            session_token: issued.session_token(),
+            expires_at: issued.expires_at,
+            obtained_at: issued.obtained_at,
+            serve_until: issued.plan.serve_until,
+        };
+        tier.publish(names, &set, self.clock.now(), held).await;
+    }
+
+    /// The identity id: known locally, else known to the fleet, else GetId (then shared).
+    async fn identity_id_for(
+        &self,
+        entry: &Identity,
+        login: Login<'_>,
+        names: Option<&Names>,
+        priority: Priority,
+    ) -> Result<(Arc<str>, bool), FetchError> {
+        if let Some(id) = entry.identity_id() {
+            return Ok((id, true));
+        }
+        if let (Some(tier), Some(names)) = (&self.tier, names)
+            && let Some(id) = tier.identity_id(names).await
+        {
+            return Ok((id.into(), true));
+        }
+        let id = self.get_id(login, names, priority).await?;
+        Ok((id, false))
+    }
+
+    /// GetId, shared with the fleet when it succeeds.
+    async fn get_id(
+        &self,
+        login: Login<'_>,
+        names: Option<&Names>,
+        priority: Priority,
+    ) -> Result<Arc<str>, FetchError> {
+        let id: Arc<str> = self
+            .exchanger
+            .get_id(login, priority)
+            .await
+            .map_err(|e| FetchError::from_upstream(&e))?
+            .into();
+        if let (Some(tier), Some(names)) = (&self.tier, names) {
+            tier.store_identity_id(names, &id).await;
+        }
+        Ok(id)
+    }
+
     pub(super) async fn exchange_inner(
         &self,
         entry: &Identity,
         token: &VerifiedToken,
+        names: Option<&Names>,
+        priority: Priority,
     ) -> Result<Arc<Issued>, FetchError> {
         let login = Login {
             key: &entry.provider.config.logins_key,
             token: &token.raw,
         };
-        let cached_id = entry.identity_id();
-        let identity_id: Arc<str> = match &cached_id {
-            Some(id) => id.clone(),
-            None => self
-                .exchanger
-                .get_id(login)
-                .await
-                .map_err(|e| FetchError::from_upstream(&e))?
-                .into(),
-        };
+        let (identity_id, known) = self.identity_id_for(entry, login, names, priority).await?;
         let role = entry.key.role.as_deref();
         let raw = match self
             .exchanger
-            .get_credentials(&identity_id, login, role)
+            .get_credentials(&identity_id, login, role, priority)
             .await
         {
             Ok(raw) => raw,
-            // A cached identity id can disappear (identity deleted, pool recreated): ask again once.
-            Err(e) if e.kind == ErrorKind::ResourceNotFound && cached_id.is_some() => {
+            // A known identity id can disappear (identity deleted, pool recreated): ask again once.
+            Err(e) if e.kind == ErrorKind::ResourceNotFound && known => {
                 *lock(&entry.identity_id) = None;
-                let fresh: Arc<str> = self
-                    .exchanger
-                    .get_id(login)
-                    .await
-                    .map_err(|e| FetchError::from_upstream(&e))?
-                    .into();
+                let fresh = self.get_id(login, names, priority).await?;
                 *lock(&entry.identity_id) = Some(fresh.clone());
-                return self.build(entry, fresh, &token.raw, role).await;
+                let raw = self
+                    .exchanger
+                    .get_credentials(&fresh, login, role, priority)
+                    .await
+                    .map_err(|e| FetchError::from_upstream(&e))?;
+                return self.issue(fresh, &raw);
             }
             Err(e) => return Err(FetchError::from_upstream(&e)),
         };
         *lock(&entry.identity_id) = Some(identity_id.clone());
-        self.issue(identity_id, &raw)
-    }
-
-    pub(super) async fn build(
-        &self,
-        entry: &Identity,
-        identity_id: Arc<str>,
-        token: &crate::secret::SecretString,
-        role: Option<&str>,
-    ) -> Result<Arc<Issued>, FetchError> {
-        let login = Login {
-            key: &entry.provider.config.logins_key,
-            token,
-        };
-        let raw = self
-            .exchanger
-            .get_credentials(&identity_id, login, role)
-            .await
-            .map_err(|e| FetchError::from_upstream(&e))?;
         self.issue(identity_id, &raw)
     }
 

@@ -54,10 +54,11 @@ use futures_util::future::{self, BoxFuture};
 use tokio::sync::{Notify, watch};
 
 use crate::clock::{self, SharedClock};
-use crate::cognito::{CognitoApi, Exchanger, RetryPolicy};
+use crate::cognito::{CognitoApi, Exchanger, Priority, RetryPolicy};
 use crate::config::{CacheConfig, CognitoConfig, Config};
 use crate::metrics::Metrics;
 use crate::oidc::{Provider, VerifiedToken};
+use crate::shared::SharedTier;
 
 mod exchange;
 mod issued;
@@ -321,6 +322,14 @@ impl Trigger {
             Self::Ahead => "ahead",
         }
     }
+
+    /// The budget priority of the Cognito calls this exchange makes.
+    fn priority(self) -> Priority {
+        match self {
+            Self::OnDemand => Priority::OnDemand,
+            Self::Ahead => Priority::Background,
+        }
+    }
 }
 
 /// Why an identity left the cache (a metric label).
@@ -377,6 +386,8 @@ struct Shared {
     default_role: Option<Arc<str>>,
     clock: SharedClock,
     metrics: Metrics,
+    /// Fleet mode: consulted on every exchange, never on a local hit.
+    tier: Option<Arc<SharedTier>>,
     queue: Mutex<BTreeMap<(tokio::time::Instant, u64), Weak<Identity>>>,
     queue_changed: Notify,
     seq: AtomicU64,
@@ -400,20 +411,37 @@ impl IdentityCache {
         clock: SharedClock,
         metrics: Metrics,
     ) -> Self {
+        Self::from_config_shared(api, config, clock, metrics, None)
+    }
+
+    /// [`IdentityCache::from_config`] in fleet mode: exchanges go through `tier` (shared
+    /// identity ids and credential sets, cross-replica single-flight, the fleet budget).
+    pub fn from_config_shared(
+        api: Arc<dyn CognitoApi>,
+        config: &Config,
+        clock: SharedClock,
+        metrics: Metrics,
+        tier: Option<Arc<SharedTier>>,
+    ) -> Self {
         let exchanger = Exchanger::new(
             api,
             &config.cognito.identity_pool_id,
             RetryPolicy::from_config(&config.cognito),
             metrics.clone(),
-        );
-        Self::new(
+        )
+        .with_budget(tier.as_ref().map(|t| t.budget()));
+        let mut cache = Self::new(
             exchanger,
             &config.cache,
             &config.cognito,
             config.tokens.min_token_validity,
             clock,
             metrics,
-        )
+        );
+        if let Some(shared) = Arc::get_mut(&mut cache.shared) {
+            shared.tier = tier;
+        }
+        cache
     }
 
     /// An empty cache. `account_id` and `default_role` come from `[cognito]`: the first goes
@@ -446,6 +474,7 @@ impl IdentityCache {
                 default_role: cognito.custom_role_arn.as_deref().map(Into::into),
                 clock,
                 metrics,
+                tier: None,
                 queue: Mutex::new(BTreeMap::new()),
                 queue_changed: Notify::new(),
                 seq: AtomicU64::new(1),
@@ -576,6 +605,11 @@ impl IdentityCache {
         self.shared.evict(key, cause)
     }
 
+    /// Fleet mode's shared tier, when configured.
+    pub fn shared_tier(&self) -> Option<&Arc<SharedTier>> {
+        self.shared.tier.as_ref()
+    }
+
     /// Looks up an identity without marking it used.
     pub fn peek(&self, key: &IdentityKey) -> Option<Arc<Identity>> {
         self.shared.cache.get(key)
@@ -636,6 +670,14 @@ impl Shared {
             EvictionCause::Idle => "idle",
             EvictionCause::Revoked => "revoked",
         };
+        if let (EvictionCause::Revoked, Some(tier)) = (cause, &self.tier)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // Logout: the next exchange anywhere in the fleet is a fresh one.
+            let tier = tier.clone();
+            let names = tier.names(&key.pool, &key.issuer, &key.subject, key.role.as_deref());
+            rt.spawn(async move { tier.forget(&names).await });
+        }
         self.metrics
             .cache_evictions
             .with_label_values(&[label])

@@ -104,6 +104,14 @@ async fn the_emulators_file_drives_a_broker_against_credbroker_emulators() {
 #[test]
 fn every_key_documented_in_the_example_is_a_real_key() {
     let text = std::fs::read_to_string(shipped("credbroker.example.toml")).expect("example");
+    // The shared tier's keys file must exist: a fresh one from the documented generator.
+    let dir = crate::support::tempdir();
+    let keys = dir.join("keys");
+    let lines: Vec<String> = ["naming", "k1"]
+        .iter()
+        .map(|id| credbroker::shared::generate_key_line(id).expect("rng"))
+        .collect();
+    std::fs::write(&keys, lines.join("\n")).expect("keys file");
     let mut uncommented = 0;
     let lines: Vec<String> = text
         .lines()
@@ -118,7 +126,10 @@ fn every_key_documented_in_the_example_is_a_real_key() {
             let is_key = rest.split_once(" = ").is_some_and(|(k, _)| {
                 !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
             });
-            if (is_table || is_key) && !rest.starts_with("client_secret_file") {
+            if rest.starts_with("encryption_keys_file") {
+                uncommented += 1;
+                format!("encryption_keys_file = {:?}", keys.display().to_string())
+            } else if (is_table || is_key) && !rest.starts_with("client_secret_file") {
                 uncommented += 1;
                 rest.to_owned()
             } else {
@@ -141,4 +152,6 @@ fn every_key_documented_in_the_example_is_a_real_key() {
     );
     assert!(c.imds.is_some());
     assert_eq!(c.appsync.apis.len(), 2);
+    assert!(c.shared.is_some_and(|s| s.share_credentials));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,7 @@ mod container;
 mod credential_process;
 mod doctor;
 mod faults;
+mod fleet;
 mod grpc;
 mod imds;
 mod jwks;

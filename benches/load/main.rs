@@ -11,6 +11,7 @@
 //! | 5 | memory               | child process, RSS from /proc/self/statm at 0, 10k, 100k identities (`child memory`) |
 //! | 6 | AppSync forwarding   | sequential `POST /appsync/graphql` through the broker vs to the emulated AppSync directly |
 //! | 7 | cold start           | exec of `credbroker run` to its first 200, vs exec of `true`          |
+//! | 8 | fleet                | 3 in-process replicas × M users with and without the shared tier (a real redis-server): Cognito calls, first-request p50, local-hit p50 ([`fleet`]) |
 //!
 //! `cargo bench --bench load -- soak` (`bash bench/soak.sh`) runs the soak instead: an hour of
 //! steady load over 1,000 users with Cognito faults injected; see [`soak`].
@@ -21,6 +22,7 @@
 //! BENCHMARKS.md goes (default: the repository root).
 
 mod children;
+mod fleet;
 mod report;
 mod soak;
 mod system;
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         .build()
         .expect("runtime");
     runtime.block_on(system::run(&options, &mut report));
+    runtime.block_on(fleet::run(&options, &mut report));
     children::run(&options, &mut report);
     report.finish();
     ExitCode::SUCCESS

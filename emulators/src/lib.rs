@@ -6,7 +6,8 @@
 //! Owns: an Auth0-shaped OpenID Connect issuer with a token endpoint ([`oidc::OidcIssuer`],
 //! [`grants`]), an Amazon Cognito Identity service ([`cognito::CognitoEmulator`]) and an AWS
 //! AppSync GraphQL API ([`appsync::AppSyncEmulator`]), plus the small HTTP server helper, time
-//! source ([`clock`]) and secret wrapper ([`secret`]) they share.
+//! source ([`clock`]) and secret wrapper ([`secret`]) they share; and a guard that runs a real
+//! `redis-server` for fleet-mode tests ([`redis_server::RedisServer`]).
 //!
 //! # What they are for
 //!
@@ -69,6 +70,7 @@ pub mod cognito;
 pub mod grants;
 mod jwt;
 pub mod oidc;
+pub mod redis_server;
 pub mod secret;
 
 use std::fmt;

@@ -56,7 +56,9 @@ pub(crate) use read::{Section, check_http_url};
 pub use read::{fmt_duration, is_loopback, parse_duration};
 pub use server::{DEFAULT_LISTEN, ServerConfig};
 pub use sessions::SessionsConfig;
-pub use shared::{BudgetConfig, KeyBytes, NAMING_KEY_ID, SharedConfig, parse_keys, redacted_url};
+pub use shared::{
+    BudgetConfig, KeyBytes, NAMING_KEY_ID, SharedConfig, Topology, parse_keys, redacted_url,
+};
 pub use tokens::{Algorithm, TokenConfig, algorithm_refusal};
 
 use admin::build_admin;

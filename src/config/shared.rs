@@ -32,12 +32,31 @@ pub const NAMING_KEY_ID: &str = "naming";
 /// A 32-byte key from the keys file.
 pub type KeyBytes = Secret<Vec<u8>>;
 
+/// How the Redis deployment is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (or a single-endpoint service) at `url`.
+    Standalone,
+    /// A Redis Cluster; `nodes` are seed URLs.
+    Cluster,
+    /// Sentinels (`nodes`) that name the current master of `master`; `url` gives the master's
+    /// scheme, user, password and database (its host is not used).
+    Sentinel {
+        /// The monitored master's name.
+        master: String,
+    },
+}
+
 /// The shared tier.
 #[derive(Clone)]
 pub struct SharedConfig {
     /// `redis://`, `rediss://` (TLS through rustls), `valkey://`, `valkeys://`, `unix://` or
-    /// `redis+unix://`. May carry a password: kept as a secret.
+    /// `redis+unix://`. May carry a password: kept as a secret. Empty in cluster mode.
     pub url: Secret<String>,
+    /// Standalone, Cluster or Sentinel.
+    pub topology: Topology,
+    /// Cluster seeds or sentinels (URLs, may carry passwords).
+    pub nodes: Vec<Secret<String>>,
     /// Prefix of every Redis key and channel.
     pub key_prefix: String,
     /// Share identity ids (GetId results).
@@ -66,6 +85,15 @@ impl fmt::Debug for SharedConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedConfig")
             .field("url", &redacted_url(self.url.expose_str()))
+            .field("topology", &self.topology)
+            .field(
+                "nodes",
+                &self
+                    .nodes
+                    .iter()
+                    .map(|n| redacted_url(n.expose_str()))
+                    .collect::<Vec<_>>(),
+            )
             .field("key_prefix", &self.key_prefix)
             .field("share_identity_ids", &self.share_identity_ids)
             .field("share_credentials", &self.share_credentials)
@@ -89,6 +117,9 @@ impl fmt::Debug for SharedConfig {
 
 /// The URL with any password replaced, for display.
 pub fn redacted_url(url: &str) -> String {
+    if url.is_empty() {
+        return String::new();
+    }
     match Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -121,10 +152,7 @@ pub(super) fn build_shared(s: &Section<'_>) -> Option<Option<SharedConfig>> {
     if !s.exists() {
         return Some(None);
     }
-    let url = s.required_str("url");
-    if let Some(u) = &url {
-        check_url(s, u);
-    }
+    let topology = read_topology(s);
     let key_prefix = s.str_or("key_prefix", DEFAULT_KEY_PREFIX);
     let prefix_ok = !key_prefix.is_empty()
         && key_prefix.len() <= 64
@@ -174,8 +202,11 @@ pub(super) fn build_shared(s: &Section<'_>) -> Option<Option<SharedConfig>> {
     );
     let budget = build_budget(&s.section("budget"));
     let (naming_key, encryption_keys) = keys?;
+    let (topology, url, nodes) = topology?;
     Some(Some(SharedConfig {
-        url: Secret::new(url?),
+        url: Secret::new(url),
+        topology,
+        nodes,
         key_prefix,
         share_identity_ids,
         share_credentials,
@@ -190,7 +221,70 @@ pub(super) fn build_shared(s: &Section<'_>) -> Option<Option<SharedConfig>> {
     }))
 }
 
-fn check_url(s: &Section<'_>, u: &str) {
+/// `mode`, `url`, `nodes` and `sentinel_master`, read together and checked together.
+fn read_topology(s: &Section<'_>) -> Option<(Topology, String, Vec<Secret<String>>)> {
+    let mode = s.str_or("mode", "standalone");
+    let nodes = s.str_list("nodes").unwrap_or_default();
+    let master = s.opt_str("sentinel_master").filter(|m| !m.is_empty());
+    let url = s.opt_str("url");
+    for n in &nodes {
+        check_url(s, "nodes", n);
+    }
+    if let Some(u) = &url {
+        check_url(s, "url", u);
+    }
+    let topology = match (mode.as_str(), master) {
+        ("standalone", None) => Topology::Standalone,
+        ("cluster", None) => Topology::Cluster,
+        ("sentinel", Some(master)) => Topology::Sentinel { master },
+        ("sentinel", None) => {
+            s.error(
+                "sentinel_master",
+                "required in sentinel mode (the monitored master's name)",
+            );
+            return None;
+        }
+        ("standalone" | "cluster", Some(_)) => {
+            s.error("sentinel_master", "only in sentinel mode");
+            return None;
+        }
+        (other, _) => {
+            s.error(
+                "mode",
+                format!("{other:?} is not one of standalone, cluster, sentinel"),
+            );
+            return None;
+        }
+    };
+    match (&topology, nodes.is_empty(), &url) {
+        (Topology::Cluster, _, Some(_)) => {
+            s.error("url", "not in cluster mode: list the seed nodes in `nodes`");
+            None
+        }
+        (Topology::Standalone, false, _) => {
+            s.error(
+                "nodes",
+                "only in cluster or sentinel mode (standalone uses `url`)",
+            );
+            None
+        }
+        (Topology::Cluster | Topology::Sentinel { .. }, true, _) => {
+            s.error("nodes", "required in cluster and sentinel mode");
+            None
+        }
+        (Topology::Standalone | Topology::Sentinel { .. }, _, None) => {
+            s.error("url", "required");
+            None
+        }
+        (_, _, url) => Some((
+            topology,
+            url.clone().unwrap_or_default(),
+            nodes.into_iter().map(Secret::new).collect(),
+        )),
+    }
+}
+
+fn check_url(s: &Section<'_>, key: &str, u: &str) {
     const SCHEMES: &[&str] = &[
         "redis",
         "rediss",
@@ -204,18 +298,18 @@ fn check_url(s: &Section<'_>, u: &str) {
         Ok(parsed) if SCHEMES.contains(&parsed.scheme()) => {
             // What the client will parse at start-up (no I/O); its message can echo the URL.
             if redis::Client::open(u).is_err() {
-                s.error("url", "not a Redis URL the client accepts");
+                s.error(key, "not a Redis URL the client accepts");
             }
         }
         Ok(parsed) => s.error(
-            "url",
+            key,
             format!(
                 "scheme {:?} is not one of {}",
                 parsed.scheme(),
                 SCHEMES.join(", ")
             ),
         ),
-        Err(e) => s.error("url", format!("not a URL: {e}")),
+        Err(e) => s.error(key, format!("not a URL: {e}")),
     }
 }
 
@@ -446,6 +540,55 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+        // Topologies: each mode's keys, and only those.
+        for (settings, expected) in [
+            (
+                "mode = \"cluster\"\nurl = \"redis://a/\"\nnodes = [\"redis://b/\"]",
+                "shared.url: not in cluster mode",
+            ),
+            (
+                "mode = \"cluster\"",
+                "shared.nodes: required in cluster and sentinel mode",
+            ),
+            (
+                "mode = \"sentinel\"\nurl = \"redis://a/\"\nnodes = [\"redis://b/\"]",
+                "shared.sentinel_master: required in sentinel mode",
+            ),
+            (
+                "url = \"redis://a/\"\nnodes = [\"redis://b/\"]",
+                "shared.nodes: only in cluster or sentinel mode",
+            ),
+            (
+                "url = \"redis://a/\"\nsentinel_master = \"m\"",
+                "shared.sentinel_master: only in sentinel mode",
+            ),
+            (
+                "mode = \"ring\"\nurl = \"redis://a/\"",
+                "shared.mode: \"ring\" is not one of",
+            ),
+            (
+                "mode = \"cluster\"\nnodes = [\"http://b/\"]",
+                "shared.nodes: scheme \"http\"",
+            ),
+        ] {
+            let all = errors(&format!(
+                "{MINIMAL}\n[shared]\n{settings}\nencryption_keys_file = {keys:?}\n"
+            ));
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+            assert!(!all.contains("unknown setting"), "{all}");
+        }
+        let cluster = Config::from_toml(&format!(
+            "{MINIMAL}\n[shared]\nmode = \"cluster\"\nnodes = [\"redis://:pw1@a:1/\", \"redis://b:2/\"]\n\
+             encryption_keys_file = {keys:?}\n"
+        ))
+        .expect("valid");
+        let shared = cluster.shared.as_ref().expect("configured");
+        assert_eq!(shared.topology, Topology::Cluster);
+        assert_eq!(shared.nodes.len(), 2);
+        assert!(
+            !format!("{cluster:?}").contains("pw1"),
+            "node passwords are redacted"
+        );
         // Identity ids alone need only the naming line.
         let ids = format!(
             "{MINIMAL}\n[shared]\nurl = \"unix:///run/redis.sock\"\nshare = [\"identity_ids\"]\n\

@@ -233,6 +233,8 @@ mod tests {
         let (naming_key, encryption_keys) = parse_keys(lines).expect("keys");
         let config = SharedConfig {
             url: "redis://127.0.0.1/".to_owned().into(),
+            topology: crate::config::Topology::Standalone,
+            nodes: Vec::new(),
             key_prefix: "t:".to_owned(),
             share_identity_ids: true,
             share_credentials: true,

@@ -12,10 +12,13 @@ use std::future::Future;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, IntoConnectionInfo as _, Pipeline, RedisError, RedisFuture, Script, Value};
 
-use crate::config::SharedConfig;
+use crate::config::{SharedConfig, Topology};
 use crate::metrics::Metrics;
 
 const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(60);
@@ -111,9 +114,160 @@ struct Breaker {
     since: Option<(SystemTime, &'static str)>,
 }
 
+/// A connection of whichever topology (every command and script goes through it).
+#[derive(Clone)]
+pub enum Conn {
+    /// Standalone, or the master the sentinels named.
+    Manager(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Manager(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Manager(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How connections are made: one reconnecting manager, or one made on first use (Cluster, and
+/// the master a Sentinel names: re-resolved after every failure, so a failover is followed).
+enum Backend {
+    Standalone(ConnectionManager),
+    Cluster {
+        client: ClusterClient,
+        conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+    },
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        manager: ConnectionManagerConfig,
+        conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    },
+}
+
+fn manager_config(config: &SharedConfig) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.op_timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
+        .set_pipeline_buffer_size(1024)
+}
+
+impl Backend {
+    fn new(config: &SharedConfig) -> Result<Self, RedisError> {
+        let nodes: Vec<&str> = config.nodes.iter().map(|n| n.expose_str()).collect();
+        match &config.topology {
+            Topology::Standalone => {
+                let client = redis::Client::open(config.url.expose_str())?;
+                Ok(Self::Standalone(ConnectionManager::new_lazy_with_config(
+                    client,
+                    manager_config(config),
+                )?))
+            }
+            Topology::Cluster => Ok(Self::Cluster {
+                client: ClusterClientBuilder::new(nodes)
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(config.op_timeout)
+                    .retries(1)
+                    .build()?,
+                conn: tokio::sync::Mutex::new(None),
+            }),
+            Topology::Sentinel { master } => {
+                let info = config.url.expose_str().into_connection_info()?;
+                let mut node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(info.redis_settings().clone());
+                if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                }
+                let client = SentinelClient::build(
+                    nodes,
+                    master.as_str(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )?;
+                Ok(Self::Sentinel {
+                    client: tokio::sync::Mutex::new(client),
+                    manager: manager_config(config),
+                    conn: tokio::sync::Mutex::new(None),
+                })
+            }
+        }
+    }
+
+    /// A connection, made now if needed.
+    async fn conn(&self) -> Result<Conn, RedisError> {
+        match self {
+            Self::Standalone(m) => Ok(Conn::Manager(m.clone())),
+            Self::Cluster { client, conn } => {
+                let mut held = conn.lock().await;
+                if let Some(c) = held.as_ref() {
+                    return Ok(Conn::Cluster(c.clone()));
+                }
+                let c = client.get_async_connection().await?;
+                *held = Some(c.clone());
+                Ok(Conn::Cluster(c))
+            }
+            Self::Sentinel {
+                client,
+                manager,
+                conn,
+            } => {
+                let mut held = conn.lock().await;
+                if let Some(c) = held.as_ref() {
+                    return Ok(Conn::Manager(c.clone()));
+                }
+                let master = client.lock().await.async_get_client().await?;
+                let c = ConnectionManager::new_lazy_with_config(master, manager.clone())?;
+                *held = Some(c.clone());
+                Ok(Conn::Manager(c))
+            }
+        }
+    }
+
+    /// After a connectivity failure: Cluster and Sentinel connections are made afresh.
+    fn forget(&self) {
+        match self {
+            Self::Standalone(_) => {}
+            Self::Cluster { conn, .. } => {
+                if let Ok(mut c) = conn.try_lock() {
+                    *c = None;
+                }
+            }
+            Self::Sentinel { conn, .. } => {
+                if let Ok(mut c) = conn.try_lock() {
+                    *c = None;
+                }
+            }
+        }
+    }
+}
+
 /// The connection and the breaker.
 pub struct Store {
-    conn: ConnectionManager,
+    backend: Backend,
     op_timeout: Duration,
     retry_interval: Duration,
     breaker: Mutex<Breaker>,
@@ -135,20 +289,11 @@ fn class(e: &RedisError) -> &'static str {
 impl Store {
     /// A lazily connecting store (never blocks start-up).
     pub fn new(config: &SharedConfig, metrics: Metrics) -> Result<Self, String> {
-        let client = redis::Client::open(config.url.expose_str())
-            .map_err(|e| format!("shared.url: {}", class(&e)))?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.op_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_pipeline_buffer_size(1024);
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg)
-            .map_err(|e| format!("shared.url: {}", class(&e)))?;
+        let backend =
+            Backend::new(config).map_err(|e| format!("the shared tier's Redis: {}", class(&e)))?;
         metrics.shared.available.set(1);
         Ok(Self {
-            conn,
+            backend,
             op_timeout: config.op_timeout,
             retry_interval: config.retry_interval,
             breaker: Mutex::new(Breaker {
@@ -220,14 +365,18 @@ impl Store {
     /// Runs one operation under the breaker and the timeout.
     async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Unavailable>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         if !self.admit() {
             return Err(Unavailable);
         }
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.op_timeout, f(self.conn.clone())).await;
+        let result = tokio::time::timeout(self.op_timeout, async {
+            let conn = self.backend.conn().await?;
+            f(conn).await
+        })
+        .await;
         self.metrics
             .shared
             .op_latency
@@ -249,10 +398,12 @@ impl Store {
                 Err(Unavailable)
             }
             Ok(Err(e)) => {
+                self.backend.forget();
                 self.failed(op, class(&e));
                 Err(Unavailable)
             }
             Err(_) => {
+                self.backend.forget();
                 self.failed(op, "timeout");
                 Err(Unavailable)
             }

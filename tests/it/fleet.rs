@@ -3,80 +3,39 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use credbroker::app::{self, Overrides, Running};
 use credbroker::config::Config;
 use credbroker_emulators::cognito::CognitoOptions;
+use credbroker_emulators::redis_server::{RedisCluster, RedisSentinel};
 use futures_util::future::join_all;
 
 use crate::single_flight::metric;
 use crate::support::{Harness, Reply, Tweaks, request, tempdir};
 
-/// A redis-server of its own on a Unix socket in a temporary directory; stopped on drop.
-pub struct RedisServer {
-    child: Option<Child>,
-    dir: PathBuf,
-}
+/// A redis-server of the test's own (a Unix socket in a temporary directory), stopped on drop.
+pub struct RedisServer(credbroker_emulators::redis_server::RedisServer);
 
 impl RedisServer {
     pub fn start() -> Self {
-        let dir = tempdir();
-        let mut server = Self { child: None, dir };
-        server.boot();
-        server
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("redis.sock")
+        Self(
+            credbroker_emulators::redis_server::RedisServer::start_in(&tempdir().join("redis"))
+                .expect("redis-server starts"),
+        )
     }
 
     pub fn url(&self) -> String {
-        format!("unix://{}", self.socket().display())
-    }
-
-    fn boot(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(self.socket())
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--daemonize", "no", "--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (install it: apt-get install redis-server)");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server did not open {}", self.socket().display());
+        self.0.url()
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(self.socket());
+        self.0.stop();
     }
 
     /// Starts it again, empty, on the same socket.
     pub fn restart(&mut self) {
-        self.stop();
-        self.boot();
+        self.0.restart().expect("redis-server restarts");
     }
 
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
@@ -87,7 +46,7 @@ impl RedisServer {
             .expect("test client connects")
     }
 
-    /// Every key and its value (strings; other types as their type name).
+    /// Every key and its value (strings; other types as empty values).
     pub async fn dump(&self) -> Vec<(String, Vec<u8>)> {
         let mut c = self.client().await;
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -112,13 +71,6 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A keys file with a naming line and one encryption key.
 fn keys_file(dir: &Path) -> PathBuf {
     let path = dir.join("shared-keys");
@@ -130,11 +82,11 @@ fn keys_file(dir: &Path) -> PathBuf {
     path
 }
 
-fn shared_toml(redis: &RedisServer, keys: &Path, extra: &str) -> String {
+/// `[shared]` with `topology` (e.g. `url = ...`) and `extra` settings.
+fn shared_toml(topology: &str, keys: &Path, extra: &str) -> String {
     format!(
-        "\n[shared]\nurl = \"{}\"\nencryption_keys_file = \"{}\"\nlock_wait = \"8s\"\n\
+        "\n[shared]\n{topology}\nencryption_keys_file = \"{}\"\nlock_wait = \"8s\"\n\
          retry_interval = \"200ms\"\n{extra}\n",
-        redis.url(),
         keys.display()
     )
 }
@@ -151,6 +103,11 @@ struct Fleet {
 
 impl Fleet {
     async fn start(redis: &RedisServer, more: usize, shared_extra: &str, t: Tweaks) -> Self {
+        let topology = format!("url = \"{}\"", redis.url());
+        Self::start_on(&topology, more, shared_extra, t).await
+    }
+
+    async fn start_on(topology: &str, more: usize, shared_extra: &str, t: Tweaks) -> Self {
         let dir = tempdir();
         let keys = keys_file(&dir);
         let mut t = t;
@@ -158,7 +115,7 @@ impl Fleet {
             "max_pending_exchanges = 4000\nmax_connections = 4096\n{}",
             t.server
         );
-        t.extra = format!("{}{}", t.extra, shared_toml(redis, &keys, shared_extra));
+        t.extra = format!("{}{}", t.extra, shared_toml(topology, &keys, shared_extra));
         let h = Harness::with(t).await;
         let mut fleet = Self {
             replicas: Vec::new(),
@@ -697,5 +654,86 @@ async fn a_logout_drops_the_shared_set_so_the_next_exchange_anywhere_is_fresh() 
         calls + 1,
         "the other replica exchanged afresh"
     );
+    fleet.stop().await;
+}
+
+/// Each of `users` asked on every replica in turn: the fleet's Cognito calls.
+async fn ask_everywhere(fleet: &Fleet, users: usize, prefix: &str, replicas: usize) -> (u64, u64) {
+    let before = (fleet.h.get_id_calls(), fleet.h.credential_calls());
+    for i in 0..users {
+        let t = fleet.h.issuer.token_for(&format!("auth0|{prefix}-{i}"));
+        let keys: BTreeSet<String> = join_all((0..replicas).map(|r| fleet.get(r, &t)))
+            .await
+            .iter()
+            .map(key_of)
+            .collect();
+        assert_eq!(keys.len(), 1, "one set for the fleet");
+    }
+    (
+        fleet.h.get_id_calls() - before.0,
+        fleet.h.credential_calls() - before.1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_shares_as_one_server_does() {
+    let cluster = RedisCluster::start_in(&tempdir().join("cluster"), 3).expect("cluster starts");
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+    let topology = format!("mode = \"cluster\"\nnodes = [{}]", nodes.join(", "));
+    let fleet = Fleet::start_on(&topology, 1, "", Tweaks::default()).await;
+    assert_eq!(ask_everywhere(&fleet, 40, "cluster", 2).await, (40, 40));
+    let adopted: f64 = (0..2)
+        .map(|i| {
+            let m = fleet.metrics(i);
+            assert_eq!(metric(&m, "credbroker_shared_available"), 1.0, "{m}");
+            metric(
+                &m,
+                "credbroker_cognito_calls_avoided_total{operation=\"GetCredentialsForIdentity\",\
+                 reason=\"shared_credentials\"}",
+            )
+        })
+        .sum();
+    assert_eq!(adopted, 40.0, "one replica adopted each user's set");
+    // The sets are spread over the cluster's nodes (keys hash to their slots).
+    let with_keys = cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            let port = n.port().expect("tcp").to_string();
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port, "dbsize"])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).trim() != "0"
+        })
+        .count();
+    assert!(with_keys >= 2, "keys on {with_keys} node(s)");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_mode_uses_the_master_the_sentinels_name() {
+    let pair = RedisSentinel::start_in(&tempdir().join("sentinel")).expect("sentinel starts");
+    // The url's host is not used: the sentinel names the master.
+    let topology = format!(
+        "mode = \"sentinel\"\nsentinel_master = \"{}\"\nnodes = [\"{}\"]\nurl = \"redis://unused.invalid/0\"",
+        RedisSentinel::MASTER,
+        pair.sentinel.url()
+    );
+    let fleet = Fleet::start_on(&topology, 1, "", Tweaks::default()).await;
+    assert_eq!(ask_everywhere(&fleet, 20, "sentinel", 2).await, (20, 20));
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &pair.master.port().expect("tcp").to_string(),
+            "dbsize",
+        ])
+        .output()
+        .expect("redis-cli");
+    let keys: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(keys >= 40, "ids and sets are on the master: {keys}");
     fleet.stop().await;
 }

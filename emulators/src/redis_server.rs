@@ -229,11 +229,14 @@ impl RedisServer {
     }
 }
 
-/// A master and one sentinel monitoring it as `mymaster`, stopped on drop.
+/// A master, a replica of it and one sentinel monitoring it as `mymaster` (quorum 1, down
+/// after 1 s, so stopping the master promotes the replica within seconds), stopped on drop.
 #[derive(Debug)]
 pub struct RedisSentinel {
     /// The master.
     pub master: RedisServer,
+    /// Its replica (promoted when the master stops).
+    pub replica: RedisServer,
     /// The sentinel.
     pub sentinel: RedisServer,
 }
@@ -245,16 +248,24 @@ impl RedisSentinel {
     /// Starts both under `dir`.
     pub fn start_in(dir: &Path) -> Result<Self, RedisServerError> {
         let master = RedisServer::start_tcp_in(&dir.join("master"), &[])?;
+        let port = master.port().unwrap_or_default();
+        let replica = RedisServer::start_tcp_in(
+            &dir.join("replica"),
+            &[
+                "--replicaof".to_owned(),
+                "127.0.0.1".to_owned(),
+                port.to_string(),
+            ],
+        )?;
         let sentinel_dir = dir.join("sentinel");
         std::fs::create_dir_all(&sentinel_dir).map_err(RedisServerError::Spawn)?;
         let conf = sentinel_dir.join("sentinel.conf");
-        let port = master.port().unwrap_or_default();
         std::fs::write(
             &conf,
             format!(
-                "sentinel monitor {} 127.0.0.1 {port} 1\nsentinel down-after-milliseconds {} 1000\n",
-                Self::MASTER,
-                Self::MASTER
+                "sentinel monitor {m} 127.0.0.1 {port} 1\nsentinel down-after-milliseconds {m} 1000\n\
+                 sentinel failover-timeout {m} 5000\n",
+                m = Self::MASTER
             ),
         )
         .map_err(RedisServerError::Spawn)?;
@@ -262,7 +273,11 @@ impl RedisSentinel {
             &sentinel_dir,
             &[conf.to_string_lossy().into_owned(), "--sentinel".to_owned()],
         )?;
-        Ok(Self { master, sentinel })
+        Ok(Self {
+            master,
+            replica,
+            sentinel,
+        })
     }
 }
 

@@ -735,5 +735,31 @@ async fn sentinel_mode_uses_the_master_the_sentinels_name() {
         .parse()
         .expect("a count");
     assert!(keys >= 40, "ids and sets are on the master: {keys}");
+
+    // Failover: the master goes; the sentinel promotes the replica; requests never fail and
+    // sharing resumes on the new master.
+    let mut pair = pair;
+    pair.master.stop();
+    let mut resumed = false;
+    for n in 0..600 {
+        let t = fleet.h.issuer.token_for(&format!("auth0|failover-{n}"));
+        key_of(&fleet.get(0, &t).await);
+        let calls = (fleet.h.get_id_calls(), fleet.h.credential_calls());
+        key_of(&fleet.get(1, &t).await);
+        if (fleet.h.get_id_calls(), fleet.h.credential_calls()) == calls {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed, "sharing resumed on the promoted replica");
+    let role = std::process::Command::new("redis-cli")
+        .args(["-p", &pair.replica.port().expect("tcp").to_string(), "role"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        String::from_utf8_lossy(&role.stdout).starts_with("master"),
+        "the replica was promoted"
+    );
     fleet.stop().await;
 }

@@ -55,16 +55,21 @@ impl RedisServer {
     }
 
     /// Starts a server on a free TCP port of 127.0.0.1 with `extra` arguments (e.g. cluster
-    /// mode); the first argument may be a config file (sentinel mode).
+    /// mode; `{port}` in them is replaced with the port, e.g. `--port 0 --tls-port {port}`
+    /// for TLS only); the first argument may be a config file (sentinel mode).
     pub fn start_tcp_in(dir: &Path, extra: &[String]) -> Result<Self, RedisServerError> {
         let owns_dir = !dir.exists();
         std::fs::create_dir_all(dir).map_err(RedisServerError::Spawn)?;
+        let port = free_port().map_err(RedisServerError::Spawn)?;
         let mut server = Self {
             child: None,
             dir: dir.to_owned(),
             owns_dir,
-            port: Some(free_port().map_err(RedisServerError::Spawn)?),
-            extra: extra.to_vec(),
+            port: Some(port),
+            extra: extra
+                .iter()
+                .map(|a| a.replace("{port}", &port.to_string()))
+                .collect(),
         };
         server.boot()?;
         Ok(server)

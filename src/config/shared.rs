@@ -57,6 +57,9 @@ pub struct SharedConfig {
     pub topology: Topology,
     /// Cluster seeds or sentinels (URLs, may carry passwords).
     pub nodes: Vec<Secret<String>>,
+    /// PEM certificates that `rediss://` servers must chain to instead of the system roots
+    /// (standalone and cluster mode).
+    pub tls_ca: Option<Vec<u8>>,
     /// Prefix of every Redis key and channel.
     pub key_prefix: String,
     /// Share identity ids (GetId results).
@@ -94,6 +97,7 @@ impl fmt::Debug for SharedConfig {
                     .map(|n| redacted_url(n.expose_str()))
                     .collect::<Vec<_>>(),
             )
+            .field("tls_ca", &self.tls_ca.as_ref().map(|_| "<PEM>"))
             .field("key_prefix", &self.key_prefix)
             .field("share_identity_ids", &self.share_identity_ids)
             .field("share_credentials", &self.share_credentials)
@@ -153,6 +157,7 @@ pub(super) fn build_shared(s: &Section<'_>) -> Option<Option<SharedConfig>> {
         return Some(None);
     }
     let topology = read_topology(s);
+    let tls_ca = read_tls_ca(s, topology.as_ref().map(|(t, _, _)| t));
     let key_prefix = s.str_or("key_prefix", DEFAULT_KEY_PREFIX);
     let prefix_ok = !key_prefix.is_empty()
         && key_prefix.len() <= 64
@@ -207,6 +212,7 @@ pub(super) fn build_shared(s: &Section<'_>) -> Option<Option<SharedConfig>> {
         url: Secret::new(url),
         topology,
         nodes,
+        tls_ca,
         key_prefix,
         share_identity_ids,
         share_credentials,
@@ -219,6 +225,30 @@ pub(super) fn build_shared(s: &Section<'_>) -> Option<Option<SharedConfig>> {
         identity_id_ttl,
         budget: budget?,
     }))
+}
+
+/// `tls_ca_file`: PEM certificates, read once.
+fn read_tls_ca(s: &Section<'_>, topology: Option<&Topology>) -> Option<Vec<u8>> {
+    let path = s.opt_str("tls_ca_file")?;
+    if matches!(topology, Some(Topology::Sentinel { .. })) {
+        s.error(
+            "tls_ca_file",
+            "not supported in sentinel mode yet (the master's certificate must chain to the \
+             system roots)",
+        );
+        return None;
+    }
+    match std::fs::read(&path) {
+        Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => Some(pem),
+        Ok(_) => {
+            s.error("tls_ca_file", format!("{path:?} holds no PEM certificate"));
+            None
+        }
+        Err(e) => {
+            s.error("tls_ca_file", format!("cannot read {path:?}: {e}"));
+            None
+        }
+    }
 }
 
 /// `mode`, `url`, `nodes` and `sentinel_master`, read together and checked together.

@@ -235,6 +235,7 @@ mod tests {
             url: "redis://127.0.0.1/".to_owned().into(),
             topology: crate::config::Topology::Standalone,
             nodes: Vec::new(),
+            tls_ca: None,
             key_prefix: "t:".to_owned(),
             share_identity_ids: true,
             share_credentials: true,

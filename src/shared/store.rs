@@ -166,6 +166,14 @@ enum Backend {
     },
 }
 
+/// The configured CA (`shared.tls_ca_file`) instead of the system roots.
+fn certificates(config: &SharedConfig) -> Option<redis::TlsCertificates> {
+    config.tls_ca.as_ref().map(|pem| redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.clone()),
+    })
+}
+
 fn manager_config(config: &SharedConfig) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
@@ -181,18 +189,26 @@ impl Backend {
         let nodes: Vec<&str> = config.nodes.iter().map(|n| n.expose_str()).collect();
         match &config.topology {
             Topology::Standalone => {
-                let client = redis::Client::open(config.url.expose_str())?;
+                let client = match certificates(config) {
+                    Some(certs) => redis::Client::build_with_tls(config.url.expose_str(), certs)?,
+                    None => redis::Client::open(config.url.expose_str())?,
+                };
                 Ok(Self::Standalone(ConnectionManager::new_lazy_with_config(
                     client,
                     manager_config(config),
                 )?))
             }
             Topology::Cluster => Ok(Self::Cluster {
-                client: ClusterClientBuilder::new(nodes)
-                    .connection_timeout(config.connect_timeout)
-                    .response_timeout(config.op_timeout)
-                    .retries(1)
-                    .build()?,
+                client: {
+                    let mut builder = ClusterClientBuilder::new(nodes)
+                        .connection_timeout(config.connect_timeout)
+                        .response_timeout(config.op_timeout)
+                        .retries(1);
+                    if let Some(certs) = certificates(config) {
+                        builder = builder.certs(certs);
+                    }
+                    builder.build()?
+                },
                 conn: tokio::sync::Mutex::new(None),
             }),
             Topology::Sentinel { master } => {

@@ -763,3 +763,129 @@ async fn sentinel_mode_uses_the_master_the_sentinels_name() {
     );
     fleet.stop().await;
 }
+
+/// A CA and a server certificate for 127.0.0.1 (openssl), in `dir`.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=credbroker-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_server_against_the_configured_ca() {
+    let dir = tempdir();
+    let (ca, cert, key) = tls_files(&dir);
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let extra: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &path(&cert),
+        "--tls-key-file",
+        &path(&key),
+        "--tls-ca-cert-file",
+        &path(&ca),
+        "--tls-auth-clients",
+        "no",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let server =
+        credbroker_emulators::redis_server::RedisServer::start_tcp_in(&dir.join("redis"), &extra)
+            .expect("a TLS redis-server starts");
+    let url = format!("rediss://127.0.0.1:{}/", server.port().expect("tcp"));
+
+    let trusted = format!("url = \"{url}\"\ntls_ca_file = \"{}\"", ca.display());
+    let fleet = Fleet::start_on(&trusted, 1, "", Tweaks::default()).await;
+    assert_eq!(
+        ask_everywhere(&fleet, 10, "tls", 2).await,
+        (10, 10),
+        "shared over TLS"
+    );
+    fleet.stop().await;
+
+    // Without the CA the server's certificate is refused: nothing is shared, nothing fails.
+    let untrusted = format!("url = \"{url}\"");
+    let fleet = Fleet::start_on(&untrusted, 1, "", Tweaks::default()).await;
+    for i in 0..5 {
+        let t = fleet.h.issuer.token_for(&format!("auth0|untrusted-{i}"));
+        key_of(&fleet.get(0, &t).await);
+        key_of(&fleet.get(1, &t).await);
+    }
+    assert_eq!(
+        fleet.h.credential_calls(),
+        10,
+        "each replica exchanged alone"
+    );
+    let m = fleet.metrics(0);
+    assert_eq!(metric(&m, "credbroker_shared_available"), 0.0, "{m}");
+    fleet.stop().await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

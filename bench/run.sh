@@ -6,7 +6,8 @@
 #   CB_BENCH_QUICK=1 bash bench/run.sh   # a smoke run with small sizes (~1-2 minutes)
 #
 # Other knobs: CB_BENCH_SECONDS (length of one wrk round, default 6), CB_BENCH_CALLGRIND=0 (skip
-# the callgrind instruction counts), CB_BENCH_OUT (where BENCHMARKS.md goes).
+# the callgrind instruction counts), CB_BENCH_OUT (where BENCHMARKS.md goes), CB_BENCH_ONLY=fleet
+# (only the fleet-mode rows: 3 replicas with and without the shared tier, needs redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,10 @@ fi
 echo "== building (bench profile; the load harness runs the credbroker binary it builds)"
 cargo bench --locked --no-run --bench validation --bench load
 
-echo "== criterion micro-benchmarks (benches/validation.rs)"
-cargo bench --locked --bench validation
+if [ -z "${CB_BENCH_ONLY:-}" ]; then
+  echo "== criterion micro-benchmarks (benches/validation.rs)"
+  cargo bench --locked --bench validation
+fi
 
 echo "== load harness (benches/load)"
 cargo bench --locked --bench load

@@ -17,7 +17,8 @@
 //! steady load over 1,000 users with Cognito faults injected; see [`soak`].
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does nothing. Environment:
-//! `CB_BENCH_QUICK=1` shrinks every phase (a smoke run), `CB_BENCH_SECONDS` sets the length of
+//! `CB_BENCH_QUICK=1` shrinks every phase (a smoke run), `CB_BENCH_ONLY=fleet` runs only the
+//! fleet figures, `CB_BENCH_SECONDS` sets the length of
 //! one wrk round, `CB_BENCH_CALLGRIND=0` skips the callgrind profile, `CB_BENCH_OUT` is where
 //! BENCHMARKS.md goes (default: the repository root).
 
@@ -49,11 +50,18 @@ fn main() -> ExitCode {
     }
     let options = Options::from_env();
     let mut report = report::Report::new(&options);
-    report.criterion();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    // `CB_BENCH_ONLY=fleet`: only the fleet figures (they need no quiet machine: call counts
+    // and a 40 ms round trip against a cache hit).
+    if std::env::var("CB_BENCH_ONLY").is_ok_and(|v| v == "fleet") {
+        runtime.block_on(fleet::run(&options, &mut report));
+        report.finish();
+        return ExitCode::SUCCESS;
+    }
+    report.criterion();
     runtime.block_on(system::run(&options, &mut report));
     runtime.block_on(fleet::run(&options, &mut report));
     children::run(&options, &mut report);

@@ -103,6 +103,13 @@ pub struct Inner {
     pub soonest_token_expiry: Gauge,
     /// `credbroker_served_below_min_remaining_total`.
     pub served_below_min_remaining: IntCounter,
+    /// `credbroker_refresh_budget_deficit`: renewals per second the identities held need
+    /// (each once per obtain → `refresh_at` period) beyond `cache.refresh_rate` (0 when the
+    /// budget covers them; set at scrape time).
+    pub refresh_budget_deficit: Gauge,
+    /// `credbroker_refresh_slots_missed_total`: renewals that found no free slot in their
+    /// window (a caller may need an on-demand exchange).
+    pub refresh_slots_missed: IntCounter,
     /// `credbroker_requests_total{surface, status}`.
     pub requests: IntCounterVec,
     /// `credbroker_request_duration_seconds{surface}`.
@@ -254,6 +261,19 @@ const SOONEST_TOKEN_EXPIRY: Family = Family {
     name: "soonest_token_expiry_seconds",
     help: "Seconds until the soonest expiry among ID tokens held for refresh (+Inf when \
            none).",
+    labels: &[],
+};
+const REFRESH_BUDGET_DEFICIT: Family = Family {
+    name: "refresh_budget_deficit",
+    help: "Renewals per second the cached identities need (each once per period from obtaining \
+           its credentials to its renewal point) beyond cache.refresh_rate; 0 when the budget \
+           covers them.",
+    labels: &[],
+};
+const REFRESH_SLOTS_MISSED: Family = Family {
+    name: "refresh_slots_missed_total",
+    help: "Renewals that found no free slot of the renewal budget before their deadline (a \
+           caller may need an on-demand exchange).",
     labels: &[],
 };
 const SERVED_BELOW_MIN_REMAINING: Family = Family {
@@ -434,6 +454,8 @@ impl Metrics {
             soonest_credential_expiry: r.gauge(&SOONEST_CREDENTIAL_EXPIRY),
             soonest_token_expiry: r.gauge(&SOONEST_TOKEN_EXPIRY),
             served_below_min_remaining: r.counter(&SERVED_BELOW_MIN_REMAINING),
+            refresh_budget_deficit: r.gauge(&REFRESH_BUDGET_DEFICIT),
+            refresh_slots_missed: r.counter(&REFRESH_SLOTS_MISSED),
             issued: r.counter_vec(&ISSUED),
             appsync_upstream: r.counter_vec(&APPSYNC_UPSTREAM),
             appsync_upstream_latency: r.histogram_vec(&APPSYNC_UPSTREAM_LATENCY),

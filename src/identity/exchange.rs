@@ -191,7 +191,7 @@ impl Shared {
             if let Some(tx) = entry.updates.get() {
                 publish(tx, issued.clone());
             }
-            self.schedule(entry, issued.plan.refresh_at, now);
+            self.schedule_renewal(entry, &issued.plan, now);
             tracing::debug!(
                 target: "credbroker::identity",
                 issuer = %entry.key.issuer,

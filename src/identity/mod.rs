@@ -63,6 +63,7 @@ use crate::shared::SharedTier;
 mod exchange;
 mod issued;
 mod scheduler;
+mod slots;
 
 pub use exchange::FetchError;
 pub use issued::{IssueError, Issued, Plan, Policy};
@@ -157,6 +158,9 @@ pub struct Identity {
     /// Live [`Hold`]s: sources that keep this identity in use.
     holds: AtomicU32,
     last_refresh_ms: AtomicU64,
+    /// When the renewal slot of the current set comes (ms; 0: none reserved), which may be
+    /// before its `refresh_at` when the budget spreads a burst.
+    renew_at_ms: AtomicU64,
     /// The current scheduler wake-up; older queue entries are stale.
     wake_seq: AtomicU64,
     state: AtomicU8,
@@ -190,6 +194,7 @@ impl Identity {
             usage: AtomicU8::new(0),
             holds: AtomicU32::new(0),
             last_refresh_ms: AtomicU64::new(0),
+            renew_at_ms: AtomicU64::new(0),
             wake_seq: AtomicU64::new(0),
             state: AtomicU8::new(State::Active as u8),
             updates: OnceLock::new(),
@@ -391,6 +396,10 @@ struct Shared {
     queue: Mutex<BTreeMap<(tokio::time::Instant, u64), Weak<Identity>>>,
     queue_changed: Notify,
     seq: AtomicU64,
+    /// The renewal timetable at `cache.refresh_rate`.
+    slots: Mutex<slots::Slots>,
+    /// Whether the missing budget was already logged.
+    deficit_logged: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for IdentityCache {
@@ -478,6 +487,11 @@ impl IdentityCache {
                 queue: Mutex::new(BTreeMap::new()),
                 queue_changed: Notify::new(),
                 seq: AtomicU64::new(1),
+                slots: Mutex::new(slots::Slots::new(
+                    config.refresh_rate,
+                    tokio::time::Instant::now(),
+                )),
+                deficit_logged: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -640,9 +654,16 @@ impl IdentityCache {
             .set(i64::try_from(self.len()).unwrap_or(i64::MAX));
         let mut soonest_creds = f64::INFINITY;
         let mut soonest_token = f64::INFINITY;
+        // Renewals per second the identities held need: each renews once per period from
+        // obtaining its set to its `refresh_at`.
+        let mut demand = 0.0;
         for identity in self.identities() {
             if let Some(c) = identity.current() {
                 soonest_creds = soonest_creds.min(signed_secs(c.expires_at, now));
+                let period = signed_secs(c.plan.refresh_at, c.obtained_at);
+                if period > 0.0 {
+                    demand += 1.0 / period;
+                }
             }
             if let Some(t) = identity.token_expires_at() {
                 soonest_token = soonest_token.min(signed_secs(t, now));
@@ -650,6 +671,9 @@ impl IdentityCache {
         }
         s.metrics.soonest_credential_expiry.set(soonest_creds);
         s.metrics.soonest_token_expiry.set(soonest_token);
+        s.metrics
+            .refresh_budget_deficit
+            .set((demand - s.config.refresh_rate).max(0.0));
     }
 }
 

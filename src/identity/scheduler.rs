@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 
-use super::{ASKED, EvictionCause, Identity, IdentityCache, PARKED, Shared, State, Trigger, lock};
+use super::{
+    ASKED, EvictionCause, Identity, IdentityCache, PARKED, Plan, Shared, State, Trigger, lock,
+};
 
 pub(super) fn signed_secs(t: SystemTime, now: SystemTime) -> f64 {
     match t.duration_since(now) {
@@ -94,6 +96,39 @@ impl Shared {
         }
     }
 
+    /// Schedules the renewal of a new set in the free slot of the timetable nearest its
+    /// `refresh_at`, before a tenth of its window is left (room for retries). With no slot
+    /// free the budget cannot cover the identities held: counted, logged once, and the renewal
+    /// keeps its planned time.
+    pub(super) fn schedule_renewal(&self, entry: &Arc<Identity>, plan: &Plan, now: SystemTime) {
+        let base = tokio::time::Instant::now();
+        let at = |t: SystemTime| base + clock::saturating_sub(t, now);
+        let window = clock::saturating_sub(plan.serve_until, plan.refresh_at);
+        let deadline = plan.serve_until - window / 10;
+        let slot = lock(&self.slots).reserve(base, at(plan.refresh_at), at(deadline));
+        let when = match slot {
+            Some(t) => now + t.saturating_duration_since(base),
+            None => {
+                self.metrics.refresh_slots_missed.inc();
+                if !self.deficit_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        target: "credbroker::identity",
+                        refresh_rate = self.config.refresh_rate,
+                        "the renewal budget (cache.refresh_rate) cannot renew every identity \
+                         held within its window: some callers will wait for an on-demand \
+                         exchange; raise cache.refresh_rate or add replicas \
+                         (credbroker_refresh_budget_deficit says by how much)"
+                    );
+                }
+                plan.refresh_at
+            }
+        };
+        entry
+            .renew_at_ms
+            .store(clock::unix_millis(when), Ordering::Relaxed);
+        self.schedule(entry, when, now);
+    }
+
     pub(super) fn schedule_idle_check(&self, entry: &Arc<Identity>, now: SystemTime) {
         let at = entry.last_used() + self.config.idle_timeout;
         self.schedule(entry, at.max(now), now);
@@ -110,8 +145,13 @@ impl Shared {
             self.schedule_idle_check(&entry, now);
             return;
         };
-        if now < current.plan.refresh_at && lock(&entry.failure).is_none() {
-            self.schedule(&entry, current.plan.refresh_at, now);
+        // The reserved slot may come before `refresh_at` (a burst spread by the budget).
+        let renew_at = match entry.renew_at_ms.load(Ordering::Relaxed) {
+            0 => current.plan.refresh_at,
+            ms => clock::from_unix_millis(ms).min(current.plan.refresh_at),
+        };
+        if now < renew_at && lock(&entry.failure).is_none() {
+            self.schedule(&entry, renew_at, now);
             return;
         }
         let usable_token = entry

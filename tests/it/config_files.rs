@@ -129,7 +129,8 @@ fn every_key_documented_in_the_example_is_a_real_key() {
             if rest.starts_with("encryption_keys_file") {
                 uncommented += 1;
                 format!("encryption_keys_file = {:?}", keys.display().to_string())
-            } else if (is_table || is_key) && !rest.starts_with("client_secret_file")
+            } else if (is_table || is_key)
+                && !rest.starts_with("client_secret_file")
                 && !rest.starts_with("tls_ca_file")
             {
                 uncommented += 1;

@@ -22,5 +22,6 @@ mod served;
 mod sessions;
 mod single_flight;
 mod sources;
+mod spread;
 mod support;
 mod user_pool;

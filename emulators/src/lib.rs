@@ -5,7 +5,8 @@
 //!
 //! Owns: an Auth0-shaped OpenID Connect issuer with a token endpoint ([`oidc::OidcIssuer`],
 //! [`grants`]), an Amazon Cognito Identity service ([`cognito::CognitoEmulator`]) and an AWS
-//! AppSync GraphQL API ([`appsync::AppSyncEmulator`]), plus the small HTTP server helper, time
+//! AppSync GraphQL API with its real-time (WebSocket subscriptions) endpoint
+//! ([`appsync::AppSyncEmulator`]), plus the small HTTP server helper, time
 //! source ([`clock`]) and secret wrapper ([`secret`]) they share.
 //!
 //! # What they are for

@@ -17,6 +17,7 @@ mod listeners;
 mod logs;
 mod ops;
 mod properties;
+mod realtime;
 mod refresh;
 mod served;
 mod sessions;

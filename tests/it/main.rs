@@ -18,6 +18,7 @@ mod logs;
 mod ops;
 mod properties;
 mod realtime;
+mod realtime_iam;
 mod refresh;
 mod served;
 mod sessions;

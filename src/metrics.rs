@@ -902,7 +902,16 @@ mod tests {
 
     #[test]
     fn known_series_start_at_zero_and_process_metrics_keep_standard_names() {
-        let text = Metrics::new(&["auth0".to_owned()]).render();
+        let metrics = Metrics::new(&["auth0".to_owned()]);
+        metrics.init_realtime(&["todos"]);
+        let text = metrics.render();
+        for series in [
+            "credbroker_appsync_realtime_connections{api=\"todos\"} 0",
+            "credbroker_appsync_realtime_closes_total{api=\"todos\",reason=\"going_away\"} 0",
+            "credbroker_appsync_realtime_renewals_total{api=\"todos\",outcome=\"ok\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series}\n{text}");
+        }
         for series in [
             "credbroker_cache_lookups_total{result=\"joined\"} 0",
             "credbroker_cache_evictions_total{cause=\"idle\"} 0",

@@ -53,8 +53,8 @@ pub struct RealtimeConfig {
     pub connection_timeout: Duration,
     /// Longest wait for AppSync's `connection_ack` (and for its `start_ack`s during a renewal).
     pub ack_timeout: Duration,
-    /// How far ahead of expiry a renewable connection re-authenticates upstream (at most a
-    /// third of the authentication's lifetime).
+    /// How far ahead of expiry a renewable connection re-authenticates upstream (at most half
+    /// of what was left of the authentication's lifetime when its connection was made).
     pub renew_ahead: Duration,
     /// Longest a message to the client may take to send (then the client is dropped as too
     /// slow).

@@ -19,6 +19,7 @@ mod ops;
 mod properties;
 mod realtime;
 mod realtime_iam;
+mod realtime_lifecycle;
 mod realtime_limits;
 mod refresh;
 mod served;

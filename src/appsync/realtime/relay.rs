@@ -17,8 +17,9 @@
 //!   own `authorization`; nothing the caller put in `extensions` reaches AppSync;
 //! - credbroker's own refusals never use `Unauthorized*` error types;
 //! - a raw ID token's connection closes with 4001 `token_expiry_margin` before `exp`; a
-//!   renewable one re-authenticates at `E - min(renew_ahead, lifetime/3)` (`E`: its token's or
-//!   credentials' expiry), make-before-break: a subscription delivers from the old connection
+//!   renewable one re-authenticates from `E - min(renew_ahead, lifetime/2)` on (`E`: its token's
+//!   or credentials' expiry; `lifetime`: what was left of it when the link connected; while
+//!   nothing newer exists, every `min(10 s, a quarter of the time left)`), make-before-break: a subscription delivers from the old connection
 //!   until the new one acknowledged it, then only from the new one (never twice); a connection
 //!   that cannot renew by `E - token_expiry_margin` closes with 4002, a lost session with 4401;
 //! - AppSync's close codes pass through when sendable, a drop or silence beyond its
@@ -33,6 +34,7 @@ use axum::extract::ws::{self, CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 use tokio::time::{Instant, Interval, sleep_until};
 use tokio_tungstenite::tungstenite;
 
@@ -264,6 +266,22 @@ struct Sub {
     acked: bool,
     /// Whether the client asked to stop it.
     stopping: bool,
+    /// Digests of the events the old link delivered while the new one was starting it: the
+    /// new link may deliver the same events again right after its acknowledgement.
+    overlap: Vec<[u8; 32]>,
+}
+
+impl Sub {
+    fn new(data: Arc<str>, on: u64) -> Self {
+        Self {
+            data,
+            on,
+            restarting: None,
+            acked: false,
+            stopping: false,
+            overlap: Vec::new(),
+        }
+    }
 }
 
 /// The result of a renewal attempt.
@@ -450,6 +468,9 @@ impl Relay {
 
     async fn finish(mut self, end: End) {
         end.record(&self.shared, &self.target.name);
+        if self.connecting.is_some() || self.next.is_some() {
+            self.renewal_gauge().dec();
+        }
         if let Some(text) = end.message.clone() {
             let _ = self.tell_client(text).await;
         }
@@ -488,7 +509,9 @@ impl Relay {
         self.renew_at = None;
         if renewable {
             let lifetime = clock::saturating_sub(expires, self.current.up.connected_at);
-            let lead = self.shared.config.renew_ahead.min(lifetime / 3);
+            // Half the lifetime at most: a link made from a token refreshed late in its own
+            // life still leaves time to retry before the deadline.
+            let lead = self.shared.config.renew_ahead.min(lifetime / 2);
             let point = expires.checked_sub(lead).unwrap_or(expires);
             if hard.is_none_or(|h| point < h) {
                 self.renew_at = Some(at(point));
@@ -634,16 +657,7 @@ impl Relay {
                 .await;
         }
         self.count_start("forwarded");
-        self.subs.insert(
-            id,
-            Sub {
-                data,
-                on,
-                restarting: None,
-                acked: false,
-                stopping: false,
-            },
-        );
+        self.subs.insert(id, Sub::new(data, on));
         self.subscriptions_changed(1);
         Ok(())
     }
@@ -800,7 +814,10 @@ impl Relay {
         let sub = id.as_deref().and_then(|id| self.subs.get(id));
         let delivering = sub.is_some_and(|s| s.on == generation);
         match envelope.kind() {
-            "data" if delivering => self.forward(text).await,
+            "data" if delivering => match id.as_deref() {
+                Some(id) if self.fresh(id, generation, &text) => self.forward(text).await,
+                _ => Ok(()),
+            },
             "start_ack" => self.on_start_ack(generation, id.as_deref(), text).await,
             "error" => {
                 self.on_upstream_error(which, generation, id.as_deref(), text)
@@ -822,6 +839,34 @@ impl Relay {
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Whether an event for `id` from the link that delivers it is new to the client. While a
+    /// renewal restarts the subscription, the old link's events are remembered; once the new
+    /// link took over, its first events are dropped while they repeat those (in order), so the
+    /// switch delivers no event twice.
+    fn fresh(&mut self, id: &str, generation: u64, text: &tungstenite::Utf8Bytes) -> bool {
+        let Some(sub) = self.subs.get_mut(id) else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if sub.restarting.is_some() {
+            sub.overlap.push(digest);
+            return true;
+        }
+        if sub.on != generation || sub.overlap.is_empty() {
+            return true;
+        }
+        match sub.overlap.iter().position(|d| *d == digest) {
+            Some(i) => {
+                sub.overlap.drain(..=i);
+                false
+            }
+            None => {
+                sub.overlap.clear();
+                true
+            }
         }
     }
 
@@ -977,6 +1022,7 @@ impl Relay {
                 && let Some(sub) = self.subs.get_mut(&id)
             {
                 sub.restarting = Some(generation);
+                sub.overlap.clear();
             }
         }
         self.switch_until = Some(Instant::now() + self.shared.config.ack_timeout);
@@ -1051,6 +1097,7 @@ impl Relay {
         for (id, sub) in &mut self.subs {
             if sub.restarting == Some(next.generation) {
                 sub.restarting = None;
+                sub.overlap.clear();
             }
             if sub.on == next.generation {
                 sub.on = current;

@@ -221,3 +221,58 @@ async fn keep_alives_flow_to_the_client_and_a_silent_appsync_is_given_up() {
     .await;
     h.stop().await;
 }
+
+/// The soft limit on open files of this process.
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribed_sockets_each_get_exactly_their_users_events() {
+    const USERS: usize = 50;
+    const PER_USER: usize = 20;
+    // Four descriptors per socket in this process: the client's, the broker's two, AppSync's.
+    let limit = open_files_limit();
+    assert!(
+        limit >= 4500,
+        "this test opens about 4,000 file descriptors; raise the limit (ulimit -n, now {limit})"
+    );
+    let h = with_realtime("[appsync.realtime]\nmax_connections_per_identity = 20").await;
+    let tokens: Vec<String> = (0..USERS)
+        .map(|u| h.issuer.token_for(&format!("auth0|user-{u}")))
+        .collect();
+    let mut sockets: Vec<(usize, Ws)> = Vec::with_capacity(USERS * PER_USER);
+    for (u, token) in tokens.iter().enumerate() {
+        let batch = (0..PER_USER).map(|_| subscribed(&h, "/appsync/realtime", token));
+        for ws in futures_util::future::join_all(batch).await {
+            sockets.push((u, ws));
+        }
+    }
+    assert_eq!(h.appsync().stats().realtime_open, (USERS * PER_USER) as u64);
+    assert_eq!(
+        metric(&h, "credbroker_appsync_realtime_connections{api=\"oidc\"}"),
+        (USERS * PER_USER) as f64
+    );
+    for round in ["first", "second"] {
+        for (u, token) in tokens.iter().enumerate() {
+            create(&h, "/appsync/graphql", token, &format!("{round} of {u}")).await;
+        }
+        // Every socket's next message is its own user's todo: any other user's (created
+        // earlier or later) would arrive in its place.
+        for (u, ws) in &mut sockets {
+            let todo = event(ws, "s1").await;
+            assert_eq!(todo["content"], format!("{round} of {u}"));
+            assert_eq!(todo["owner"], format!("auth0|user-{u}"));
+        }
+    }
+    drop(sockets);
+    h.stop().await;
+}

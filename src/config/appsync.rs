@@ -399,3 +399,85 @@ fn allowed_operations(s: &Section<'_>) -> Option<Option<Vec<OperationType>>> {
 }
 
 // ---- Configured identities and the IMDS endpoint (issue #3) ----
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use std::time::Duration;
+
+    const BASE: &str = r#"
+        [providers.auth0]
+        issuer = "https://dev-x.us.auth0.com/"
+        audiences = ["client-1"]
+
+        [cognito]
+        region = "us-east-1"
+        identity_pool_id = "us-east-1:0f1e2d3c-4b5a-4697-8877-665544332211"
+    "#;
+
+    #[test]
+    fn realtime_settings_have_appsyncs_defaults_and_are_validated() {
+        let c = Config::from_toml(BASE).expect("valid");
+        let r = &c.appsync.realtime;
+        assert_eq!(
+            (r.max_connections, r.max_connections_per_identity),
+            (4096, 16)
+        );
+        assert_eq!(
+            (r.max_subscriptions_per_connection, r.max_message_bytes),
+            (100, 240 * 1024)
+        );
+        assert_eq!(r.keepalive_interval, Duration::from_secs(30));
+        assert_eq!(r.connection_timeout, Duration::from_secs(300));
+        let text = format!(
+            r#"{BASE}
+            [appsync.realtime]
+            max_connections = 10
+            renew_ahead = "2m"
+            [appsync.apis.a]
+            url = "https://api.example.com/graphql"
+            region = "us-east-1"
+            auth = "oidc"
+            realtime_url = "wss://rt.example.com/graphql"
+            "#
+        );
+        let c = Config::from_toml(&text).expect("valid");
+        assert_eq!(c.appsync.realtime.max_connections, 10);
+        assert_eq!(c.appsync.realtime.renew_ahead, Duration::from_secs(120));
+        assert_eq!(
+            c.appsync.apis[0]
+                .realtime_url
+                .as_ref()
+                .map(url::Url::as_str),
+            Some("wss://rt.example.com/graphql")
+        );
+        for (value, problem) in [
+            (
+                "ws://rt.example.com/graphql",
+                "plain ws on a non-loopback host",
+            ),
+            ("https://rt.example.com/graphql", "use wss"),
+            ("not a url", "is not a URL"),
+        ] {
+            let text = format!(
+                "{BASE}\n[appsync.apis.a]\nurl = \"https://api.example.com/graphql\"\n\
+                 region = \"us-east-1\"\nauth = \"oidc\"\nrealtime_url = \"{value}\"\n"
+            );
+            let e = Config::from_toml(&text).expect_err("refused").to_string();
+            assert!(
+                e.contains("appsync.apis.a.realtime_url") && e.contains(problem),
+                "{e}"
+            );
+        }
+        let e = Config::from_toml(&format!(
+            "{BASE}\n[appsync.realtime]\nmax_subscription = 5\nsend_timeout = \"0s\"\n"
+        ))
+        .expect_err("refused")
+        .to_string();
+        assert!(
+            e.contains("appsync.realtime.max_subscription: unknown setting"),
+            "{e}"
+        );
+        assert!(e.contains("appsync.realtime.send_timeout"), "{e}");
+    }
+}

@@ -21,6 +21,7 @@ mod realtime;
 mod realtime_iam;
 mod realtime_lifecycle;
 mod realtime_limits;
+mod realtime_subscribe;
 mod refresh;
 mod served;
 mod sessions;

@@ -186,6 +186,13 @@ impl Dialer {
     }
 }
 
+impl Dialer {
+    /// A connector with the dialer's TLS configuration (for other real-time clients).
+    pub fn connector(&self) -> Connector {
+        Connector::Rustls(self.tls.clone())
+    }
+}
+
 /// An acknowledged upstream connection.
 pub struct Upstream {
     /// The socket.

@@ -432,7 +432,7 @@ impl Relay {
                     reason::UPSTREAM_SILENT,
                     "upstream_silent",
                 )),
-                () = until(deadline) => Err(self.expired()),
+                () = until(deadline) => self.at_deadline().await,
                 () = until(renew_at) => {
                     self.renew_at = None;
                     self.begin_renewal();
@@ -444,6 +444,16 @@ impl Relay {
                 return end;
             }
         }
+    }
+
+    /// At the deadline: a switch in progress is completed now (the new link is authenticated;
+    /// subscriptions it has not acknowledged yet move with it), otherwise the connection ends.
+    async fn at_deadline(&mut self) -> Result<(), End> {
+        let renewal_deadline = matches!(self.deadline, Some((_, close::RENEWAL_FAILED)));
+        if renewal_deadline && self.next.is_some() {
+            return self.promote().await;
+        }
+        Err(self.expired())
     }
 
     /// The end at the deadline: 4001 for a raw token, 4002 for a renewal that did not happen.

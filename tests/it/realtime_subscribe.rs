@@ -14,9 +14,13 @@ struct Subscriber {
     child: tokio::process::Child,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn collect(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<String>>) {
+fn collect(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -24,7 +28,7 @@ fn collect(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static, into: Arc
             text.push_str(&line);
             text.push('\n');
         }
-    });
+    })
 }
 
 impl Subscriber {
@@ -39,12 +43,15 @@ impl Subscriber {
             .expect("spawn credbroker subscribe");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().expect("stdout"), stdout.clone());
-        collect(child.stderr.take().expect("stderr"), stderr.clone());
+        let readers = vec![
+            collect(child.stdout.take().expect("stdout"), stdout.clone()),
+            collect(child.stderr.take().expect("stderr"), stderr.clone()),
+        ];
         Self {
             child,
             stdout,
             stderr,
+            readers,
         }
     }
 
@@ -67,11 +74,16 @@ impl Subscriber {
         panic!("no {text:?} ({times}x) on stderr:\n{}", self.stderr());
     }
 
+    /// Waits for the exit, and for its output to be read to the end.
     async fn exit(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("exits within 30 s")
-            .expect("wait")
+            .expect("wait");
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+        }
+        status
     }
 
     fn signal(&self, name: &str) {

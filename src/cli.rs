@@ -55,9 +55,37 @@ pub enum Command {
     /// Print AWS credentials from the running credbroker in the `credential_process` format of
     /// ~/.aws/config (never talks to Cognito itself).
     CredentialProcess(CredentialProcessArgs),
+    /// Subscribe to an AppSync API through credbroker's real-time endpoint and print each
+    /// event as a JSON line (progress on stderr). The token is read from --token-file.
+    Subscribe(SubscribeArgs),
     /// Print a new line for the fleet mode keys file (`shared.encryption_keys_file`):
     /// `<key id>:<base64 of 32 random bytes>`. Put a new encryption key first to rotate.
     GenKey(GenKeyArgs),
+}
+
+/// Flags of `subscribe`. The token itself is never a flag: command lines are visible to every
+/// user (`ps`).
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// The real-time endpoint: ws://127.0.0.1:8900/appsync/realtime (the default API) or
+    /// …/appsync/<name>/realtime.
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// The file holding the ID token or session handle (read again on every reconnect).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// The subscription.
+    #[arg(long, default_value = crate::subscribe::DEFAULT_QUERY)]
+    pub query: String,
+    /// Its variables, a JSON object.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    pub variables: String,
+    /// Exit after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Reconnect (after 1 s) when the server closes with 1001, 1011, 4001 or 4002.
+    #[arg(long)]
+    pub reconnect: bool,
 }
 
 /// Flags of `gen-key`.

@@ -317,6 +317,11 @@ impl Demo {
              \x20   -d '{create}' {graphql}\n\
              \x20 curl -s -H \"Authorization: $(cat {file})\" -H 'Content-Type: application/json' \\\n\
              \x20   -d '{list}' {graphql}\n\n\
+             Live updates (GraphQL subscriptions over WebSocket, through the broker's real-time \
+             endpoint): in one terminal\n\n\
+             \x20 credbroker subscribe --url {realtime} --token-file {file}\n\n\
+             (IAM mode: --url {realtime_iam}); in another, run the createTodo curl above: the \
+             event appears in the first.\n\n\
              {grpc}Ctrl-C stops everything.",
             issuer = self.issuer.issuer(),
             cognito = self.cognito.endpoint_url(),
@@ -327,6 +332,8 @@ impl Demo {
             graphql = self.graphql_url(),
             create = DEMO_CREATE_TODO,
             list = DEMO_LIST_TODOS,
+            realtime = self.realtime_url(None),
+            realtime_iam = self.realtime_url(Some("todos-iam")),
             grpc = self.grpc_instructions(),
         )
     }
@@ -338,6 +345,18 @@ impl Demo {
             self.running.container_addr,
             crate::server::appsync::DEFAULT_GRAPHQL_PATH
         )
+    }
+
+    /// The broker's real-time URL for the default AppSync API, or the one called `api`.
+    pub fn realtime_url(&self, api: Option<&str>) -> String {
+        let addr = self.running.container_addr;
+        match api {
+            None => format!(
+                "ws://{addr}{}",
+                crate::server::realtime::DEFAULT_REALTIME_PATH
+            ),
+            Some(api) => format!("ws://{addr}/appsync/{api}/realtime"),
+        }
     }
 
     /// The gRPC part of the instructions (empty when gRPC is off).
@@ -570,6 +589,68 @@ mod tests {
             answers[1]["data"]["listTodos"][0]["content"],
             "hello from credbroker"
         );
+        demo.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// What the printed `credbroker subscribe` command does (run in process), while the
+    /// printed createTodo request is sent.
+    #[tokio::test]
+    async fn the_printed_subscribe_command_shows_the_created_todo() {
+        let dir = std::env::temp_dir().join(format!(
+            "credbroker-demo-test-subscribe-{}",
+            std::process::id()
+        ));
+        let options = DemoOptions {
+            check: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token_file: Some(dir.join("id-token")),
+        };
+        let demo = start(&options, clock::system()).await.expect("demo starts");
+        let text = demo.instructions();
+        let command = format!(
+            "credbroker subscribe --url {} --token-file {}",
+            demo.realtime_url(None),
+            demo.token_file.display()
+        );
+        assert!(text.contains(&command), "{text}");
+        let subscribe = crate::subscribe::Options {
+            url: demo.realtime_url(None),
+            token_file: demo.token_file.clone(),
+            query: crate::subscribe::DEFAULT_QUERY.to_owned(),
+            variables: serde_json::json!({}),
+            count: Some(1),
+            reconnect: false,
+        };
+        let mut out = Vec::new();
+        let subscriber = crate::subscribe::run(&subscribe, &mut out, std::future::pending());
+        let creator = async {
+            while demo.appsync.stats().realtime_starts == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let token = std::fs::read_to_string(&demo.token_file).expect("token file");
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let request = http::Request::post(demo.graphql_url())
+                .header("authorization", &token)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    DEMO_CREATE_TODO,
+                )))
+                .expect("request");
+            let response = client.request(request).await.expect("answer");
+            assert_eq!(response.status(), 200);
+        };
+        let (result, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(subscriber, creator)
+        })
+        .await
+        .expect("done within 30 s");
+        result.expect("subscribed and received one event");
+        let line: serde_json::Value = serde_json::from_slice(&out).expect("one JSON line");
+        assert_eq!(line["onCreateTodo"]["content"], "hello from credbroker");
+        assert_eq!(line["onCreateTodo"]["owner"], DEMO_SUBJECT);
         demo.stop().await;
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -87,3 +87,4 @@ pub mod credential_process;
 #[cfg(feature = "emulators")]
 pub mod demo;
 pub mod doctor;
+pub mod subscribe;

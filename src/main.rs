@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use credbroker::cli::{
-    self, Cli, Command, CredentialProcessArgs, DoctorArgs, DoctorFormat, RunArgs,
+    self, Cli, Command, CredentialProcessArgs, DoctorArgs, DoctorFormat, RunArgs, SubscribeArgs,
 };
 #[cfg(feature = "emulators")]
 use credbroker::cli::{DemoArgs, EmulatorsArgs};
@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => run_doctor(&runtime, args, cli.config, env),
         Command::GenKey(args) => credbroker::shared::gen_key(args.id.as_deref(), args.naming),
         Command::CredentialProcess(args) => run_credential_process(&runtime, args, &env),
+        Command::Subscribe(args) => run_subscribe(&runtime, args),
     }
 }
 
@@ -209,6 +210,37 @@ fn run_credential_process(
         Err(e) => {
             eprintln!("credbroker credential-process: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `subscribe`: events of one subscription through credbroker's real-time endpoint.
+fn run_subscribe(runtime: &Runtime, args: SubscribeArgs) -> ExitCode {
+    let variables = match serde_json::from_str::<serde_json::Value>(&args.variables) {
+        Ok(v) if v.is_object() => v,
+        _ => {
+            eprintln!("credbroker subscribe: --variables must be a JSON object");
+            return ExitCode::from(64);
+        }
+    };
+    let options = credbroker::subscribe::Options {
+        url: args.url,
+        token_file: args.token_file,
+        query: args.query,
+        variables,
+        count: args.count,
+        reconnect: args.reconnect,
+    };
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(credbroker::subscribe::run(
+        &options,
+        &mut stdout,
+        signals::shutdown(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("credbroker subscribe: {e}");
+            ExitCode::FAILURE
         }
     }
 }

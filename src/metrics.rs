@@ -121,6 +121,20 @@ pub struct Inner {
     pub appsync_upstream: IntCounterVec,
     /// `credbroker_appsync_upstream_duration_seconds{api}`: time to AppSync's answer head.
     pub appsync_upstream_latency: HistogramVec,
+    /// `credbroker_appsync_realtime_connections{api}`: open real-time client connections.
+    pub appsync_realtime_connections: IntGaugeVec,
+    /// `credbroker_appsync_realtime_subscriptions{api}`: live subscriptions.
+    pub appsync_realtime_subscriptions: IntGaugeVec,
+    /// `credbroker_appsync_realtime_upgrades_total{api, outcome}`.
+    pub appsync_realtime_upgrades: IntCounterVec,
+    /// `credbroker_appsync_realtime_starts_total{api, outcome}`.
+    pub appsync_realtime_starts: IntCounterVec,
+    /// `credbroker_appsync_realtime_renewals_total{api, outcome}`.
+    pub appsync_realtime_renewals: IntCounterVec,
+    /// `credbroker_appsync_realtime_renewal_in_progress{api}`.
+    pub appsync_realtime_renewal_in_progress: IntGaugeVec,
+    /// `credbroker_appsync_realtime_closes_total{api, reason}`.
+    pub appsync_realtime_closes: IntCounterVec,
     /// `credbroker_ready`: 1 when `/readyz` would answer 200 (set when readiness is evaluated:
     /// each `/readyz` and each scrape).
     pub ready: IntGauge,
@@ -313,6 +327,83 @@ const APPSYNC_UPSTREAM_LATENCY: Family = Family {
     labels: &["api"],
 };
 
+// AppSync real time.
+const APPSYNC_REALTIME_CONNECTIONS: Family = Family {
+    name: "appsync_realtime_connections",
+    help: "Open AppSync real-time (WebSocket) client connections, by configured API.",
+    labels: &["api"],
+};
+const APPSYNC_REALTIME_SUBSCRIPTIONS: Family = Family {
+    name: "appsync_realtime_subscriptions",
+    help: "Live AppSync subscriptions on real-time connections, by configured API.",
+    labels: &["api"],
+};
+const APPSYNC_REALTIME_UPGRADES: Family = Family {
+    name: "appsync_realtime_upgrades_total",
+    help: "Real-time upgrade requests by API and outcome (ok, unauthenticated, too_many, \
+           credentials, bad_request).",
+    labels: &["api", "outcome"],
+};
+const APPSYNC_REALTIME_STARTS: Family = Family {
+    name: "appsync_realtime_starts_total",
+    help: "Subscription starts by API and outcome (forwarded, or why credbroker refused it: \
+           malformed, duplicate, limit, operation_refused, signing_failed).",
+    labels: &["api", "outcome"],
+};
+const APPSYNC_REALTIME_RENEWALS: Family = Family {
+    name: "appsync_realtime_renewals_total",
+    help: "Upstream re-authentications of real-time connections by API and outcome (ok, \
+           unchanged: no newer token or credentials yet, failed).",
+    labels: &["api", "outcome"],
+};
+const APPSYNC_REALTIME_RENEWAL_IN_PROGRESS: Family = Family {
+    name: "appsync_realtime_renewal_in_progress",
+    help: "Real-time connections re-authenticating upstream right now, by API.",
+    labels: &["api"],
+};
+const APPSYNC_REALTIME_CLOSES: Family = Family {
+    name: "appsync_realtime_closes_total",
+    help: "Real-time client connections ended, by API and reason.",
+    labels: &["api", "reason"],
+};
+
+/// The `outcome` values of `appsync_realtime_upgrades_total`.
+pub const REALTIME_UPGRADE_OUTCOMES: [&str; 5] = [
+    "ok",
+    "unauthenticated",
+    "too_many",
+    "credentials",
+    "bad_request",
+];
+/// The `outcome` values of `appsync_realtime_starts_total`.
+pub const REALTIME_START_OUTCOMES: [&str; 6] = [
+    "forwarded",
+    "malformed",
+    "duplicate",
+    "limit",
+    "operation_refused",
+    "signing_failed",
+];
+/// The `outcome` values of `appsync_realtime_renewals_total`.
+pub const REALTIME_RENEWAL_OUTCOMES: [&str; 3] = ["ok", "unchanged", "failed"];
+/// The `reason` values of `appsync_realtime_closes_total`.
+pub const REALTIME_CLOSE_REASONS: [&str; 14] = [
+    "client",
+    "client_gone",
+    "going_away",
+    "token_expiring",
+    "renewal_failed",
+    "session_ended",
+    "upstream_lost",
+    "upstream_closed",
+    "upstream_refused",
+    "upstream_silent",
+    "upstream_unavailable",
+    "too_big",
+    "slow_client",
+    "unsupported",
+];
+
 // The HTTP listeners.
 const HTTP_CONNECTIONS: Family = Family {
     name: "http_connections",
@@ -459,6 +550,14 @@ impl Metrics {
             issued: r.counter_vec(&ISSUED),
             appsync_upstream: r.counter_vec(&APPSYNC_UPSTREAM),
             appsync_upstream_latency: r.histogram_vec(&APPSYNC_UPSTREAM_LATENCY),
+            appsync_realtime_connections: r.int_gauge_vec(&APPSYNC_REALTIME_CONNECTIONS),
+            appsync_realtime_subscriptions: r.int_gauge_vec(&APPSYNC_REALTIME_SUBSCRIPTIONS),
+            appsync_realtime_upgrades: r.counter_vec(&APPSYNC_REALTIME_UPGRADES),
+            appsync_realtime_starts: r.counter_vec(&APPSYNC_REALTIME_STARTS),
+            appsync_realtime_renewals: r.counter_vec(&APPSYNC_REALTIME_RENEWALS),
+            appsync_realtime_renewal_in_progress: r
+                .int_gauge_vec(&APPSYNC_REALTIME_RENEWAL_IN_PROGRESS),
+            appsync_realtime_closes: r.counter_vec(&APPSYNC_REALTIME_CLOSES),
             http_connections: r.int_gauge_vec(&HTTP_CONNECTIONS),
             http_connections_shed: r.counter_vec(&HTTP_CONNECTIONS_SHED),
             http_host_refusals: r.counter_vec(&HTTP_HOST_REFUSALS),
@@ -548,6 +647,31 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// Creates the real-time series of the configured APIs at 0.
+    pub fn init_realtime(&self, apis: &[&str]) {
+        let m = &self.inner;
+        for &api in apis {
+            m.appsync_realtime_connections.with_label_values(&[api]);
+            m.appsync_realtime_subscriptions.with_label_values(&[api]);
+            m.appsync_realtime_renewal_in_progress
+                .with_label_values(&[api]);
+            for outcome in REALTIME_UPGRADE_OUTCOMES {
+                m.appsync_realtime_upgrades
+                    .with_label_values(&[api, outcome]);
+            }
+            for outcome in REALTIME_START_OUTCOMES {
+                m.appsync_realtime_starts.with_label_values(&[api, outcome]);
+            }
+            for outcome in REALTIME_RENEWAL_OUTCOMES {
+                m.appsync_realtime_renewals
+                    .with_label_values(&[api, outcome]);
+            }
+            for reason in REALTIME_CLOSE_REASONS {
+                m.appsync_realtime_closes.with_label_values(&[api, reason]);
+            }
+        }
     }
 
     /// Counts a token validation that was answered from the verified-token cache.
@@ -800,7 +924,16 @@ mod tests {
 
     #[test]
     fn known_series_start_at_zero_and_process_metrics_keep_standard_names() {
-        let text = Metrics::new(&["auth0".to_owned()]).render();
+        let metrics = Metrics::new(&["auth0".to_owned()]);
+        metrics.init_realtime(&["todos"]);
+        let text = metrics.render();
+        for series in [
+            "credbroker_appsync_realtime_connections{api=\"todos\"} 0",
+            "credbroker_appsync_realtime_closes_total{api=\"todos\",reason=\"going_away\"} 0",
+            "credbroker_appsync_realtime_renewals_total{api=\"todos\",outcome=\"ok\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series}\n{text}");
+        }
         for series in [
             "credbroker_cache_lookups_total{result=\"joined\"} 0",
             "credbroker_cache_evictions_total{cause=\"idle\"} 0",

@@ -57,6 +57,7 @@ const ROOMS: &[(&str, u32)] = &[
     // 7 entry points.
     ("app", 70),
     ("credential_process", 70),
+    ("subscribe", 70),
     ("cli", 71),
     ("doctor", 71),
     ("demo", 72),

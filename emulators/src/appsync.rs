@@ -1,9 +1,9 @@
 //! An AWS AppSync GraphQL API emulator.
 //!
-//! Owns: [`AppSyncEmulator`], an HTTP server at `POST /graphql` that authenticates requests the
-//! way AppSync does for its `OPENID_CONNECT` and `AWS_IAM` authorization modes, executes a tiny
-//! owner-scoped schema, counts connections and requests ([`AppSyncStats`]) and injects faults
-//! ([`AppSyncFaults`]).
+//! Owns: [`AppSyncEmulator`], an HTTP server at `POST /graphql` (and its real-time WebSocket
+//! endpoint) that authenticates requests the way AppSync does for its `OPENID_CONNECT` and
+//! `AWS_IAM` authorization modes, executes a tiny owner-scoped schema, counts connections and
+//! requests ([`AppSyncStats`]) and injects faults ([`AppSyncFaults`]).
 //!
 //! Promises:
 //! - **One API, two auth modes** (as an API with a default and an additional mode): a request
@@ -24,20 +24,29 @@
 //!   `ExpiredTokenException`, `InvalidSignatureException`, `IncompleteSignatureException`).
 //! - Error bodies are AppSync's shape: `{"errors":[{"errorType":…,"message":…}]}`.
 //! - **Schema**: `type Todo { id: ID!, content: String!, owner: String! }`,
-//!   `listTodos: [Todo]`, `getTodo(id: ID!): Todo`, `createTodo(content: String!): Todo`. Each
+//!   `listTodos: [Todo]`, `getTodo(id: ID!): Todo`, `createTodo(content: String!): Todo`,
+//!   `onCreateTodo(owner: String): Todo` (a subscription, real-time only). Each
 //!   owner sees only their own todos (`allow.owner()`): `getTodo` of someone else's todo answers
 //!   200 with `data.getTodo = null` and a field-level `errorType: "Unauthorized"`, as AppSync does.
 //! - Faults apply in order: latency, then the [`AppSyncFaults::fail_next`] queue (5xx with an
 //!   AppSync-shaped body), then authentication and execution.
 //! - Tokens, signatures and secrets are never logged.
 //!
-//! The GraphQL parser is deliberately minimal: one operation per document (`query`/`mutation`
-//! keyword optional, variable definitions skipped), fields with optional aliases, arguments that
-//! are string/int/boolean/null literals or `$variables`, nested selection sets. No fragments,
-//! directives, lists or objects as arguments, and no subscriptions; anything else answers a
-//! GraphQL validation error. That covers what the tests and the demo send.
+//! - **Real time** (`realtime`): `GET /graphql/realtime` speaks AppSync's `graphql-ws`
+//!   protocol with the same authentication rules (the connect and each `start` authorized on
+//!   their own), serves `subscription { onCreateTodo { … } }` fed by `createTodo`, each owner
+//!   receiving only their own todos, sends `ka`s, closes connections whose authorization
+//!   expires, and has its own faults ([`AppSyncFaults::drop_realtime`] and the others).
 //!
-//! Besides `/graphql`, `GET /_emulator/stats` returns [`AppSyncStats`] as JSON.
+//! The GraphQL parser is deliberately minimal: one operation per document (`query`/`mutation`/
+//! `subscription` keyword optional, variable definitions skipped), fields with optional aliases,
+//! arguments that are string/int/boolean/null literals or `$variables`, nested selection sets.
+//! No fragments, directives, lists or objects as arguments; a subscription over HTTP, like
+//! anything else unsupported, answers a GraphQL validation error. That covers what the tests and
+//! the demo send.
+//!
+//! Besides `/graphql` and `/graphql/realtime`, `GET /_emulator/stats` returns [`AppSyncStats`]
+//! as JSON.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -64,6 +73,9 @@ use crate::jwt;
 use crate::oidc::{IssuerState, OidcIssuer};
 use crate::secret::SecretString;
 use crate::{ServerHandle, default_listen};
+
+mod realtime;
+pub use realtime::ReceivedAuth;
 
 /// How far `X-Amz-Date` may be from the emulator's clock.
 const MAX_SIGNATURE_SKEW: Duration = Duration::from_secs(5 * 60);
@@ -151,6 +163,9 @@ pub struct AppSyncOptions {
     pub oidc: Option<OidcTrust>,
     /// IAM mode, when enabled.
     pub iam: Option<Arc<dyn AccessKeyLookup>>,
+    /// How often the real-time endpoint sends `ka` on an acknowledged connection. Default
+    /// 60 s.
+    pub realtime_ka_interval: Duration,
 }
 
 impl Default for AppSyncOptions {
@@ -160,6 +175,7 @@ impl Default for AppSyncOptions {
             region: "us-east-1".to_owned(),
             oidc: None,
             iam: None,
+            realtime_ka_interval: Duration::from_secs(60),
         }
     }
 }
@@ -171,6 +187,7 @@ impl fmt::Debug for AppSyncOptions {
             .field("region", &self.region)
             .field("oidc", &self.oidc)
             .field("iam", &self.iam.is_some())
+            .field("realtime_ka_interval", &self.realtime_ka_interval)
             .finish()
     }
 }
@@ -202,18 +219,49 @@ pub struct AppSyncStats {
     pub unauthorized: u64,
     /// Injected 5xx answers.
     pub injected_failures: u64,
+    /// WebSocket upgrades accepted at `/graphql/realtime`.
+    pub realtime_connections: u64,
+    /// Real-time connections whose connect authorization verified.
+    pub realtime_authorized: u64,
+    /// Real-time connections answered with `connection_error` (authorization refused).
+    pub realtime_refused: u64,
+    /// Subscriptions started (`start_ack` sent).
+    pub realtime_starts: u64,
+    /// `start`s answered with an `error`.
+    pub realtime_starts_refused: u64,
+    /// `data` messages sent.
+    pub realtime_events: u64,
+    /// Real-time connections closed because their connect authorization expired.
+    pub realtime_expired: u64,
+    /// Real-time sockets open now.
+    pub realtime_open: u64,
 }
 
 /// Fault injection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AppSyncFaults {
     state: Mutex<FaultState>,
+    /// Commands to every open real-time socket.
+    realtime: tokio::sync::broadcast::Sender<realtime::Control>,
+}
+
+impl Default for AppSyncFaults {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            realtime: tokio::sync::broadcast::channel(16).0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct FaultState {
     latency: Duration,
     queue: VecDeque<(u16, u32)>,
+    /// Delay before each real-time `connection_ack` and `start_ack`.
+    realtime_ack_delay: Duration,
+    /// Real-time connections still to refuse with `connection_error` 401.
+    realtime_refusals: u32,
 }
 
 impl AppSyncFaults {
@@ -238,6 +286,42 @@ impl AppSyncFaults {
         *self.lock() = FaultState::default();
     }
 
+    /// Real-time: aborts every open socket at once, without a close frame (a network drop).
+    pub fn drop_realtime(&self) {
+        let _ = self.realtime.send(realtime::Control::Drop);
+    }
+
+    /// Real-time: delays every `connection_ack` and `start_ack` by `delay`.
+    pub fn realtime_ack_delay(&self, delay: Duration) {
+        self.lock().realtime_ack_delay = delay;
+    }
+
+    /// Real-time: treats the connect authorization of every open socket as expired now
+    /// (`connection_error` "Token has expired.", then close 1000).
+    pub fn expire_realtime_auth(&self) {
+        let _ = self.realtime.send(realtime::Control::Expire);
+    }
+
+    /// Real-time: the next `count` connections are refused with `connection_error` 401,
+    /// whatever their authorization.
+    pub fn refuse_next_realtime(&self, count: u32) {
+        self.lock().realtime_refusals += count;
+    }
+
+    /// Real-time: closes every open socket with `code` and `reason`.
+    pub fn close_realtime(&self, code: u16, reason: &str) {
+        let _ = self
+            .realtime
+            .send(realtime::Control::Close(code, reason.to_owned()));
+    }
+
+    fn take_realtime_refusal(&self) -> bool {
+        let mut state = self.lock();
+        let refuse = state.realtime_refusals > 0;
+        state.realtime_refusals = state.realtime_refusals.saturating_sub(1);
+        refuse
+    }
+
     fn next_failure(&self) -> Option<u16> {
         let mut state = self.lock();
         let (status, remaining) = state.queue.front_mut()?;
@@ -260,6 +344,8 @@ struct Todo {
 
 struct AppSyncState {
     url: String,
+    /// `host:port` the API is served at: the `host` real-time authorizations must name.
+    authority: String,
     region: String,
     oidc: Mutex<Option<OidcTrust>>,
     iam: Option<Arc<dyn AccessKeyLookup>>,
@@ -271,6 +357,8 @@ struct AppSyncState {
     faults: AppSyncFaults,
     /// Header names (never values) of the last `/graphql` request.
     last_header_names: Mutex<Vec<String>>,
+    /// The real-time endpoint's shared state.
+    realtime: realtime::Realtime,
 }
 
 /// A running AppSync emulator. Clones share it; it stops on [`AppSyncEmulator::shutdown`] or
@@ -279,6 +367,8 @@ struct AppSyncState {
 pub struct AppSyncEmulator {
     state: Arc<AppSyncState>,
     server: ServerHandle,
+    /// Closes the real-time sockets when the last clone is dropped.
+    _realtime: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl fmt::Debug for AppSyncEmulator {
@@ -293,10 +383,14 @@ impl AppSyncEmulator {
     /// Binds `options.listen` and serves `/graphql`.
     pub async fn start(options: AppSyncOptions, clock: impl Clock) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
-        let url = format!("http://{}/graphql", listener.local_addr()?);
+        let authority = listener.local_addr()?.to_string();
+        let url = format!("http://{authority}/graphql");
         let connections = Arc::new(AtomicU64::new(0));
+        let realtime = realtime::Realtime::new(options.realtime_ka_interval);
+        let guard = Arc::new(realtime.cancel.clone().drop_guard());
         let state = Arc::new(AppSyncState {
             url,
+            authority,
             region: options.region,
             oidc: Mutex::new(options.oidc),
             iam: options.iam,
@@ -307,9 +401,32 @@ impl AppSyncEmulator {
             stats: Mutex::new(AppSyncStats::default()),
             faults: AppSyncFaults::default(),
             last_header_names: Mutex::new(Vec::new()),
+            realtime,
         });
         let server = crate::serve_counting(listener, routes(state.clone()), connections)?;
-        Ok(Self { state, server })
+        Ok(Self {
+            state,
+            server,
+            _realtime: guard,
+        })
+    }
+
+    /// `ws://127.0.0.1:PORT/graphql/realtime`: the API's real-time endpoint (what credbroker
+    /// derives from [`AppSyncEmulator::url`]: a custom domain's `/graphql/realtime`).
+    pub fn realtime_url(&self) -> String {
+        format!("ws://{}{}", self.state.authority, realtime::PATH)
+    }
+
+    /// What each real-time `start` carried in `extensions.authorization`: key names and
+    /// SHA-256 digests of the values, never the values.
+    pub fn received_start_authorizations(&self) -> Vec<realtime::ReceivedAuth> {
+        lock(&self.state.realtime.received_start).clone()
+    }
+
+    /// What each real-time connect carried as its header (the `header-` subprotocol or
+    /// `?header=`), in the same form.
+    pub fn received_connect_authorizations(&self) -> Vec<realtime::ReceivedAuth> {
+        lock(&self.state.realtime.received_connect).clone()
     }
 
     /// `http://127.0.0.1:PORT/graphql`: the API's GraphQL URL.
@@ -324,9 +441,7 @@ impl AppSyncEmulator {
 
     /// The counters.
     pub fn stats(&self) -> AppSyncStats {
-        let mut stats = lock(&self.state.stats).clone();
-        stats.connections = self.state.connections.load(Ordering::Relaxed);
-        stats
+        self.state.stats()
     }
 
     /// Fault injection.
@@ -356,14 +471,24 @@ impl AppSyncEmulator {
         lock(&self.state.last_header_names).clone()
     }
 
-    /// Stops the HTTP server. Idempotent.
+    /// Stops the HTTP server and closes every real-time socket (1001). Idempotent.
     pub fn shutdown(&self) {
         self.server.shutdown();
+        self.state.realtime.cancel.cancel();
     }
 
     /// Resolves once the HTTP server has stopped.
     pub async fn stopped(&self) {
         self.server.stopped().await;
+    }
+}
+
+impl AppSyncState {
+    fn stats(&self) -> AppSyncStats {
+        let mut stats = lock(&self.stats).clone();
+        stats.connections = self.connections.load(Ordering::Relaxed);
+        stats.realtime_open = self.realtime.open.load(Ordering::Relaxed);
+        stats
     }
 }
 
@@ -374,13 +499,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn routes(state: Arc<AppSyncState>) -> Router {
     Router::new()
         .route("/graphql", post(graphql))
+        .route(realtime::PATH, get(realtime::upgrade))
         .route(
             "/_emulator/stats",
-            get(|State(s): State<Arc<AppSyncState>>| async move {
-                let mut stats = lock(&s.stats).clone();
-                stats.connections = s.connections.load(Ordering::Relaxed);
-                axum::Json(stats)
-            }),
+            get(|State(s): State<Arc<AppSyncState>>| async move { axum::Json(s.stats()) }),
         )
         .with_state(state)
 }
@@ -530,6 +652,15 @@ fn authenticate(
 
 /// OIDC: the header value must be the JWT itself.
 fn verify_jwt(trust: &OidcTrust, token: &str, now: i64) -> Result<String, Denied> {
+    verify_jwt_claims(trust, token, now).map(|(sub, _)| sub)
+}
+
+/// [`verify_jwt`], also returning when the token expires.
+fn verify_jwt_claims(
+    trust: &OidcTrust,
+    token: &str,
+    now: i64,
+) -> Result<(String, SystemTime), Denied> {
     let unparseable = || Denied::unauthorized("Unable to parse JWT token.");
     let decoded = jwt::decode(token).map_err(|_| unparseable())?;
     if decoded.alg() != Some("RS256") {
@@ -566,8 +697,11 @@ fn verify_jwt(trust: &OidcTrust, token: &str, now: i64) -> Result<String, Denied
             return Err(Denied::unauthorized("Token has invalid audience."));
         }
     }
+    // `exp` is a whole number of seconds in practice; a fraction is dropped.
+    #[allow(clippy::cast_possible_truncation)]
+    let expires_at = crate::clock::from_unix_seconds(exp as i64);
     match decoded.claims.get("sub") {
-        Some(Value::String(sub)) if !sub.is_empty() => Ok(sub.clone()),
+        Some(Value::String(sub)) if !sub.is_empty() => Ok((sub.clone(), expires_at)),
         _ => Err(unparseable()),
     }
 }
@@ -668,6 +802,19 @@ fn verify_sigv4(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<String, Denied> {
+    verify_sigv4_key(lookup, region, now, method, uri, headers, body).map(|k| k.identity_id)
+}
+
+/// [`verify_sigv4`], returning what is known about the access key that signed.
+fn verify_sigv4_key(
+    lookup: &dyn AccessKeyLookup,
+    region: &str,
+    now: SystemTime,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<KnownKey, Denied> {
     let incomplete = |m: &str| Denied::forbidden("IncompleteSignatureException", m);
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -798,7 +945,7 @@ fn verify_sigv4(
              documentation for details.",
         ));
     }
-    Ok(known.identity_id)
+    Ok(known)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,6 +1058,14 @@ impl Field {
     }
 }
 
+/// The operation type of a GraphQL document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OperationKind {
+    Query,
+    Mutation,
+    Subscription,
+}
+
 struct Parser<'a> {
     tokens: Vec<Token>,
     pos: usize,
@@ -935,15 +1090,16 @@ impl Parser<'_> {
         }
     }
 
-    /// `[query|mutation [Name] [(…)]] { … }` → (is_mutation, fields).
-    fn operation(&mut self) -> Result<(bool, Vec<Field>), String> {
-        let mut mutation = false;
+    /// `[query|mutation|subscription [Name] [(…)]] { … }` → (kind, fields).
+    fn operation(&mut self) -> Result<(OperationKind, Vec<Field>), String> {
+        let mut kind = OperationKind::Query;
         if let Some(Token::Name(word)) = self.peek() {
-            match word.as_str() {
-                "query" => {}
-                "mutation" => mutation = true,
+            kind = match word.as_str() {
+                "query" => OperationKind::Query,
+                "mutation" => OperationKind::Mutation,
+                "subscription" => OperationKind::Subscription,
                 other => return Err(format!("unsupported definition {other:?}")),
-            }
+            };
             self.pos += 1;
             if let Some(Token::Name(_)) = self.peek() {
                 self.pos += 1;
@@ -970,7 +1126,7 @@ impl Parser<'_> {
         if self.peek().is_some() {
             return Err("only one operation per document is supported".to_owned());
         }
-        Ok((mutation, fields))
+        Ok((kind, fields))
     }
 
     fn selection_set(&mut self) -> Result<Vec<Field>, String> {
@@ -1062,10 +1218,16 @@ fn execute(state: &AppSyncState, owner: &str, body: &[u8]) -> Value {
         pos: 0,
         variables: &variables,
     };
-    let (mutation, fields) = match parser.operation() {
+    let (kind, fields) = match parser.operation() {
         Ok(op) => op,
         Err(e) => return validation_error(format!("Invalid syntax: {e}")),
     };
+    if kind == OperationKind::Subscription {
+        return validation_error(
+            "Subscriptions are served over the real-time WebSocket endpoint, not over HTTP.",
+        );
+    }
+    let mutation = kind == OperationKind::Mutation;
     let mut data = Map::new();
     let mut errors = Vec::new();
     for field in &fields {
@@ -1107,7 +1269,12 @@ fn execute(state: &AppSyncState, owner: &str, body: &[u8]) -> Value {
                         owner: owner.to_owned(),
                     };
                     let value = project(&todo, &field.selection);
-                    lock(&state.todos).push(todo);
+                    if value.is_ok() {
+                        // Published while the lock is held: subscribers see creation order.
+                        let mut todos = lock(&state.todos);
+                        let _ = state.realtime.events.send(todo.clone());
+                        todos.push(todo);
+                    }
                     value
                 }
                 _ => Err(
@@ -1206,15 +1373,20 @@ mod tests {
             .operation()
         };
         let (m, f) = parse("{ listTodos { id owner } }").expect("shorthand");
-        assert!(!m);
+        assert_eq!(m, OperationKind::Query);
         assert_eq!(f[0].name, "listTodos");
         assert_eq!(f[0].selection.len(), 2);
         let (m, f) =
             parse("mutation Create($c: String!) { made: createTodo(content: $c) { id content } }")
                 .expect("mutation");
-        assert!(m);
+        assert_eq!(m, OperationKind::Mutation);
         assert_eq!(f[0].key(), "made");
         assert_eq!(f[0].arg("content"), Some(&json!("from var")));
+        let (m, f) = parse("subscription S { onCreateTodo(owner: \"x\") { id } }").expect("sub");
+        assert_eq!(
+            (m, f[0].name.as_str()),
+            (OperationKind::Subscription, "onCreateTodo")
+        );
         assert!(parse("fragment F on Todo { id }").is_err());
         assert!(parse("{ a } { b }").is_err());
     }

@@ -5,9 +5,10 @@
 //!
 //! Owns: an Auth0-shaped OpenID Connect issuer with a token endpoint ([`oidc::OidcIssuer`],
 //! [`grants`]), an Amazon Cognito Identity service ([`cognito::CognitoEmulator`]) and an AWS
-//! AppSync GraphQL API ([`appsync::AppSyncEmulator`]), plus the small HTTP server helper, time
-//! source ([`clock`]) and secret wrapper ([`secret`]) they share; and a guard that runs a real
-//! `redis-server` for fleet-mode tests ([`redis_server::RedisServer`]).
+//! AppSync GraphQL API with its real-time (WebSocket subscriptions) endpoint
+//! ([`appsync::AppSyncEmulator`]), plus the small HTTP server helper, time source ([`clock`])
+//! and secret wrapper ([`secret`]) they share; and a guard that runs a real `redis-server` for
+//! fleet-mode tests ([`redis_server::RedisServer`]).
 //!
 //! # What they are for
 //!

@@ -110,10 +110,25 @@ pub(super) fn core(config: &Config, overrides: Overrides, background: &Backgroun
     }
 }
 
-/// The main listener's routes: credentials, AppSync, sessions.
-pub(super) fn main_router(broker: &Arc<Broker>, config: &Config) -> Router {
+/// The main listener's routes: credentials, AppSync (GraphQL and real time), sessions.
+/// Real-time relays run on `listeners` and close when `shutdown` is cancelled.
+pub(super) fn main_router(
+    broker: &Arc<Broker>,
+    config: &Config,
+    listeners: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Router {
+    let lifecycle = server::realtime::Lifecycle {
+        shutdown: shutdown.clone(),
+        tasks: listeners.clone(),
+    };
     container::router(broker.clone())
         .merge(server::appsync::router(broker.clone(), &config.appsync))
+        .merge(server::realtime::router(
+            broker.clone(),
+            &config.appsync,
+            lifecycle,
+        ))
         .merge(server::sessions::router(broker.clone()))
 }
 

@@ -234,7 +234,7 @@ fn serve_main(
     let addr = listener.local_addr().unwrap_or(config.server.listen);
     tasks.spawn(server::serve(
         listener,
-        assemble::main_router(broker, config),
+        assemble::main_router(broker, config, tasks, stop),
         ListenerOptions {
             name: "main",
             limits: Limits::from_config(&config.server),

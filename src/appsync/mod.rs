@@ -1,7 +1,8 @@
 //! The AppSync client side: deciding whether a GraphQL document may be forwarded
 //! ([`operations`]) and forwarding it to a configured AWS AppSync API with a given upstream
 //! authentication ([`forward`]): the raw ID token for `OPENID_CONNECT`, SigV4 with Cognito
-//! credentials for `AWS_IAM`, header hygiene, timeouts and the pooled upstream connections.
+//! credentials for `AWS_IAM`, header hygiene, timeouts and the pooled upstream connections;
+//! and relaying real-time subscriptions over WebSocket ([`realtime`]).
 //!
 //! Owns: the upstream half only. It knows nothing of the broker: who the caller is and which
 //! credentials they get is the AppSync surface's business ([`crate::server::appsync`]).
@@ -18,3 +19,4 @@
 
 pub mod forward;
 pub mod operations;
+pub mod realtime;

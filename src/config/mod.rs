@@ -43,7 +43,7 @@ mod shared;
 mod tokens;
 
 pub use admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
-pub use appsync::{AppSyncApiConfig, AppSyncAuth, AppSyncConfig, OperationType};
+pub use appsync::{AppSyncApiConfig, AppSyncAuth, AppSyncConfig, OperationType, RealtimeConfig};
 pub use cache::CacheConfig;
 pub use cognito::CognitoConfig;
 pub(crate) use cognito::is_role_arn;

@@ -305,6 +305,7 @@ mod tests {
             auth: AppSyncAuth::Iam,
             allowed_operations: None,
             default: true,
+            realtime_url: None,
         }
     }
 

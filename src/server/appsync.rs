@@ -8,11 +8,11 @@
 //! |-------------------------------|--------------------------------------------------|
 //! | `POST /appsync/graphql`       | GraphQL to the default API                       |
 //! | `POST /appsync/{api}/graphql` | GraphQL to the API `[appsync.apis.{api}]`        |
-//! | `/appsync/{api}/realtime`     | reserved: WebSocket subscriptions (not yet)      |
+//! | `GET /appsync/{api}/realtime` | WebSocket subscriptions: [`super::realtime`]     |
 //!
 //! Promises:
 //! - the caller authenticates like on the credentials endpoint (`Authorization: <ID token>` or
-//!   a session handle, `Bearer ` accepted), resolved by [`crate::appsync::caller::resolve`];
+//!   a session handle, `Bearer ` accepted), resolved by [`crate::broker::Broker::authenticate`];
 //! - requests carrying `X-Forwarded-For` or `Forwarded` are refused (400), as on the credentials
 //!   endpoint: a proxy in front would make every user's requests come from "local";
 //! - a body larger than `appsync.max_body_bytes` is answered 413 without contacting AppSync
@@ -301,7 +301,11 @@ fn too_large(max: usize) -> Response {
     ))
 }
 
-fn client_reply(status: u16, code: &'static str, message: impl Into<String>) -> ErrorReply {
+pub(super) fn client_reply(
+    status: u16,
+    code: &'static str,
+    message: impl Into<String>,
+) -> ErrorReply {
     ErrorReply {
         status,
         code,
@@ -311,7 +315,7 @@ fn client_reply(status: u16, code: &'static str, message: impl Into<String>) -> 
 }
 
 /// credbroker's own refusal: `{"Code","Message"}` and the same as AppSync-style `errors`.
-fn refusal(reply: &ErrorReply) -> Response {
+pub(super) fn refusal(reply: &ErrorReply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::json!({
         "Code": reply.code,

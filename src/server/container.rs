@@ -104,7 +104,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, NotAscii> {
 
 /// `text` without a case-insensitive `Bearer` scheme and the blanks after it. A bare `Bearer`
 /// is an empty token; `Bearerxyz` is a token, not a prefix.
-fn strip_bearer(text: &str) -> &str {
+pub(super) fn strip_bearer(text: &str) -> &str {
     const SCHEME: &str = "bearer";
     let (Some(scheme), Some(rest)) = (text.get(..SCHEME.len()), text.get(SCHEME.len()..)) else {
         return text;

@@ -6,6 +6,8 @@
 //! Promises:
 //! - request heads larger than `server.max_header_bytes` are answered 431 by hyper without
 //!   reaching a handler; a client has `server.header_read_timeout` to send each request head;
+//! - a WebSocket upgrade (AppSync real time, [`realtime`]) hands its socket to its relay and
+//!   leaves this accounting once upgraded: real-time connections have their own limits;
 //! - at most `server.max_connections` connections are open at once. When all are taken, a new
 //!   connection takes the slot of the connection that has waited longest without a complete
 //!   request (see [`conn`]): a client that has sent its request never waits behind ones that
@@ -24,6 +26,7 @@ mod conn;
 pub mod container;
 mod host;
 pub mod imds;
+pub mod realtime;
 pub mod sessions;
 
 pub use host::HostPolicy;
@@ -157,8 +160,11 @@ pub async fn serve_with(
             shared: shared.clone(),
             conn: conn.clone(),
         };
-        let connection =
-            builder.serve_connection(TokioIo::new(TrackedIo::new(stream, conn.clone())), service);
+        // With upgrades: a WebSocket upgrade (AppSync real time) hands the socket over to its
+        // relay, and the connection's slot is freed once it has.
+        let connection = builder
+            .serve_connection(TokioIo::new(TrackedIo::new(stream, conn.clone())), service)
+            .with_upgrades();
         let (slots, shared) = (slots.clone(), shared.clone());
         if let Some(m) = &shared.metrics {
             m.http_connections.with_label_values(&[shared.name]).inc();

@@ -128,7 +128,9 @@ async fn every_refusal_on_every_listener_is_json_in_the_documented_shape() {
         (Main, "GET", "/appsync/oidc/graphql", "", b"", 405, "MethodNotAllowed", Some("POST")),
         (Main, "POST", "/appsync/%FF/graphql", "", b"{}", 404, "NoSuchApi", None),
         (Main, "POST", "/appsync/nope/graphql", "", b"{}", 404, "NoSuchApi", None),
-        (Main, "POST", "/appsync/oidc/realtime", "", b"", 404, "NotFound", None),
+        (Main, "POST", "/appsync/oidc/realtime", "", b"", 405, "MethodNotAllowed", Some("GET")),
+        (Main, "GET", "/appsync/oidc/realtime", "", b"", 426, "UpgradeRequired", None),
+        (Main, "GET", "/appsync/nope/realtime", "", b"", 404, "NoSuchApi", None),
         // IMDS.
         (Imds, "POST", "/latest/api/token", "", b"", 405, "MethodNotAllowed", Some("GET, PUT")),
         (Imds, "GET", "/latest/meta-data/iam/security-credentials/", "", b"", 401, "Unauthorized", None),

@@ -48,6 +48,8 @@ pub struct Tweaks {
     /// Start an emulated AppSync (both auth modes) and configure it as APIs `oidc` (default),
     /// `iam` and `readonly` (oidc, queries only); the string is extra `[appsync]` TOML.
     pub appsync: Option<String>,
+    /// How often the emulated AppSync's real-time endpoint sends `ka` (its default: 60 s).
+    pub appsync_ka_interval: Option<Duration>,
     /// Raw TOML appended to the configuration (`[identities.*]`, `[imds]`); `{dir}` is
     /// replaced with the harness's temporary directory.
     pub extra: String,
@@ -181,14 +183,17 @@ impl Harness {
         .expect("cognito");
         issuer.set_unavailable(t.issuer_down_at_start);
         let appsync = match &t.appsync {
-            Some(_) => Some(
-                AppSyncEmulator::start(
-                    AppSyncOptions::for_emulators(&issuer, &cognito),
-                    clock.clone(),
+            Some(_) => {
+                let mut options = AppSyncOptions::for_emulators(&issuer, &cognito);
+                if let Some(ka) = t.appsync_ka_interval {
+                    options.realtime_ka_interval = ka;
+                }
+                Some(
+                    AppSyncEmulator::start(options, clock.clone())
+                        .await
+                        .expect("appsync"),
                 )
-                .await
-                .expect("appsync"),
-            ),
+            }
             None => None,
         };
         let dir = tempdir();

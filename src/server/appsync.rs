@@ -277,7 +277,12 @@ fn post_only() -> Response {
 
 /// 404 `NoSuchApi`, naming the APIs that are configured.
 fn no_such_api(forwarder: &Forwarder, api_name: Option<&str>) -> Response {
-    let names = forwarder.names();
+    no_such_api_reply(&forwarder.names(), api_name, "graphql")
+}
+
+/// 404 `NoSuchApi` for the route `/appsync/<name>/<route>`, naming the configured APIs (the
+/// HTTP and real-time routes share it).
+pub(super) fn no_such_api_reply(names: &[&str], api_name: Option<&str>, route: &str) -> Response {
     let message = match (api_name, names.is_empty()) {
         (_, true) => "no AppSync API is configured ([appsync.apis.<name>])".to_owned(),
         (Some(n), false) => format!(
@@ -285,7 +290,7 @@ fn no_such_api(forwarder: &Forwarder, api_name: Option<&str>) -> Response {
             names.join(", ")
         ),
         (None, false) => format!(
-            "no default AppSync API; use /appsync/<name>/graphql (configured: {}) or set \
+            "no default AppSync API; use /appsync/<name>/{route} (configured: {}) or set \
              default = true on one",
             names.join(", ")
         ),

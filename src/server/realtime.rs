@@ -305,20 +305,7 @@ fn accept(state: &AppState, ws: WebSocketUpgrade, params: relay::Params) -> Resp
 
 /// 404 `NoSuchApi`, naming the APIs that are configured.
 fn no_such_api(realtime: &Realtime, api_name: Option<&str>) -> Response {
-    let names = realtime.names();
-    let message = match (api_name, names.is_empty()) {
-        (_, true) => "no AppSync API is configured ([appsync.apis.<name>])".to_owned(),
-        (Some(n), false) => format!(
-            "no AppSync API {n:?} is configured (configured: {})",
-            names.join(", ")
-        ),
-        (None, false) => format!(
-            "no default AppSync API; use /appsync/<name>/realtime (configured: {}) or set \
-             default = true on one",
-            names.join(", ")
-        ),
-    };
-    refusal(&client_reply(404, "NoSuchApi", message))
+    super::appsync::no_such_api_reply(&realtime.names(), api_name, "realtime")
 }
 
 // ---- Where the caller's token is ----

@@ -18,7 +18,8 @@
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does nothing. Environment:
 //! `CB_BENCH_QUICK=1` shrinks every phase (a smoke run), `CB_BENCH_ONLY=fleet` runs only the
-//! fleet figures, `CB_BENCH_SECONDS` sets the length of
+//! fleet figures, `CB_BENCH_ONLY=hotpath` only row 1 (its callgrind profiles are kept as
+//! `target/callgrind.{credbroker,baseline}.<requests>.out` for `callgrind_annotate`), `CB_BENCH_SECONDS` sets the length of
 //! one wrk round, `CB_BENCH_CALLGRIND=0` skips the callgrind profile, `CB_BENCH_OUT` is where
 //! BENCHMARKS.md goes (default: the repository root).
 
@@ -61,6 +62,13 @@ fn main() -> ExitCode {
         report.finish();
         return ExitCode::SUCCESS;
     }
+    // `CB_BENCH_ONLY=hotpath`: row 1 alone (wrk rounds and the callgrind profile), for working
+    // on the cached path.
+    if options.hot_path_only {
+        runtime.block_on(system::run(&options, &mut report));
+        report.finish();
+        return ExitCode::SUCCESS;
+    }
     report.criterion();
     runtime.block_on(system::run(&options, &mut report));
     runtime.block_on(fleet::run(&options, &mut report));
@@ -94,6 +102,8 @@ pub struct Options {
     pub appsync_requests: usize,
     /// Cold starts measured.
     pub cold_starts: usize,
+    /// `CB_BENCH_ONLY=hotpath`: only row 1 (and the broker start it needs).
+    pub hot_path_only: bool,
 }
 
 impl Options {
@@ -104,6 +114,7 @@ impl Options {
             .and_then(|v| v.parse().ok())
             .unwrap_or(if quick { 2 } else { 6 });
         let callgrind = std::env::var("CB_BENCH_CALLGRIND").map_or(true, |v| v != "0");
+        let hot_path_only = std::env::var("CB_BENCH_ONLY").is_ok_and(|v| v == "hotpath");
         if quick {
             Self {
                 quick,
@@ -117,6 +128,7 @@ impl Options {
                 memory_counts: vec![1_000, 10_000],
                 appsync_requests: 200,
                 cold_starts: 2,
+                hot_path_only,
             }
         } else {
             Self {
@@ -131,6 +143,7 @@ impl Options {
                 memory_counts: vec![10_000, 100_000],
                 appsync_requests: 2_000,
                 cold_starts: 7,
+                hot_path_only,
             }
         }
     }

@@ -159,7 +159,9 @@ default = true
 pub async fn run(options: &Options, report: &mut Report) {
     let env = Env::start().await;
 
-    cold_start(options, report, &env).await;
+    if !options.hot_path_only {
+        cold_start(options, report, &env).await;
+    }
 
     let port = util::free_port();
     let mut broker = env.spawn_broker(port, &[]);
@@ -183,8 +185,10 @@ pub async fn run(options: &Options, report: &mut Report) {
     if options.callgrind {
         callgrind(options, report, &env).await;
     }
-    appsync(options, report, &env, port).await;
-    single_flight(options, report, &env, &url).await;
+    if !options.hot_path_only {
+        appsync(options, report, &env, port).await;
+        single_flight(options, report, &env, &url).await;
+    }
 
     util::terminate(&mut broker, Duration::from_secs(25));
     env.cognito.shutdown();
@@ -479,6 +483,7 @@ async fn callgrind(options: &Options, report: &mut Report, env: &Env) {
                     })
                     .and_then(|v| v.trim().parse::<f64>().ok())
             });
+            keep_profile(&out, target, n);
             match (ok && answered == n, total) {
                 (true, Some(t)) => totals.push(t),
                 _ => {
@@ -505,6 +510,16 @@ async fn callgrind(options: &Options, report: &mut Report, env: &Env) {
         ),
         "",
     );
+}
+
+/// Keeps each run's profile as `target/callgrind.<target>.<requests>.out`, for
+/// `callgrind_annotate` (per-function costs per request: the difference of the two runs).
+fn keep_profile(out: &Path, target: &str, requests: usize) {
+    let kept = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("target/callgrind.{target}.{requests}.out"));
+    if let Err(e) = std::fs::copy(out, &kept) {
+        eprintln!("callgrind: could not keep {}: {e}", kept.display());
+    }
 }
 
 /// 6: p50/p99 added by forwarding through the broker.

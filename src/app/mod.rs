@@ -244,6 +244,7 @@ fn serve_main(
                 "server.allowed_hosts",
             ))),
             metrics: Some(broker.metrics.clone()),
+            direct: Some(container::direct_route(broker.clone())),
         },
         stop.clone(),
     ));
@@ -268,6 +269,7 @@ fn serve_admin(
             // Kubelet probes and Prometheus send the pod IP; it serves no credentials.
             hosts: None,
             metrics: Some(core.broker.metrics.clone()),
+            direct: None,
         },
         stop.clone(),
     ));
@@ -303,6 +305,7 @@ fn serve_imds(
                 "imds.allowed_hosts",
             ))),
             metrics: Some(broker.metrics.clone()),
+            direct: None,
         },
         stop.clone(),
         move |stream| {

@@ -15,8 +15,9 @@
 //!   verification key by `kid`, so a token without one is refused here, not by Cognito); and
 //!   its signature verifies with the provider's published key for that `kid`;
 //! - each rejection has its own [`TokenError`] variant, code and actionable message;
-//! - a token seen before is answered from a cache (keyed by a per-process keyed 64-bit hash of
-//!   the raw token, a hit confirmed by byte equality) until it has less than
+//! - a token seen before is answered from a memo (`memo.rs`: keyed by a per-process keyed
+//!   64-bit hash of the raw token, a hit confirmed by byte equality, at most
+//!   `tokens.verified_cache_capacity` tokens) until it has less than
 //!   `tokens.min_token_validity` left, so the hot path never repeats signature verification and
 //!   the cache never serves a token the checks above would refuse;
 //! - an unknown `kid` triggers at most one JWKS refetch per `tokens.jwks_refetch_interval` per
@@ -41,7 +42,7 @@
 //! needs them.
 //!
 //! Files: `provider.rs` (discovery, the JWKS and its reload), `validate.rs` (the checks above,
-//! in order), `error.rs` (what a refusal or a failed load says).
+//! in order), `memo.rs` (verified tokens), `error.rs` (what a refusal or a failed load says).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -60,13 +61,15 @@ use crate::metrics::Metrics;
 use crate::secret::SecretString;
 
 mod error;
+mod memo;
 mod provider;
 mod validate;
 
 pub use error::{Document, LoadError, LoadProblem, TokenError};
 pub use provider::Provider;
 
-use validate::{TokenExpiry, remaining_validity};
+use memo::Memo;
+use validate::remaining_validity;
 
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
@@ -119,7 +122,7 @@ pub struct Validator {
     /// stored token is byte-equal to the presented one, so a collision is a miss (and a
     /// re-verification), never a wrong answer. Cheaper per request than SHA-256: the hash runs
     /// over the whole token on every cached request.
-    verified: moka::sync::Cache<u64, Arc<VerifiedToken>>,
+    verified: Memo,
     /// Seeded at random per process, so nobody can aim collisions at someone else's entry.
     lookup: foldhash::quality::RandomState,
     config: TokenConfig,
@@ -159,13 +162,7 @@ impl Validator {
             .iter()
             .map(|p| (p.config.issuer.clone(), p.clone()))
             .collect();
-        let verified = moka::sync::Cache::builder()
-            .max_capacity(tokens.verified_cache_capacity)
-            .expire_after(TokenExpiry {
-                clock: clock.clone(),
-                min_token_validity: tokens.min_token_validity,
-            })
-            .build();
+        let verified = Memo::new(tokens.verified_cache_capacity, tokens.min_token_validity);
         Self {
             providers,
             by_issuer,
@@ -248,7 +245,7 @@ impl Validator {
         // Plain equality: only a token with the same keyed hash is ever compared, so the timing
         // cannot be steered towards another caller's token; subtle's constant-time loop cost
         // ~2,500 instructions per cached request (callgrind).
-        if let Some(token) = self.verified.get(&lookup).filter(|t| {
+        if let Some(token) = self.verified.get(lookup).filter(|t| {
             t.raw.expose_str().as_bytes() == raw.as_bytes()
                 && t.generation == t.provider.withdrawals.load(Ordering::Acquire)
         }) {
@@ -258,23 +255,23 @@ impl Validator {
                     Ok(token)
                 }
                 Err(e) => {
-                    self.verified.invalidate(&lookup);
+                    self.verified.remove(lookup, &token);
                     Err(self.count_failure(Some(&token.provider.config.name), e))
                 }
             };
         }
         let mut provider_name = None;
         let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
-        let result = self
-            .validate_uncached(raw, digest, now, &mut provider_name)
-            .await;
+        // Boxed: the cold path's future is large, and the cached path's future (which every
+        // request moves) would otherwise be as large.
+        let result = Box::pin(self.validate_uncached(raw, digest, now, &mut provider_name)).await;
         match result {
             Ok(token) => {
                 self.metrics
                     .token_validations
                     .with_label_values(&[token.provider.config.name.as_str(), "ok"])
                     .inc();
-                self.verified.insert(lookup, token.clone());
+                self.verified.insert(lookup, token.clone(), now);
                 Ok(token)
             }
             Err(e) => Err(self.count_failure(provider_name.as_deref(), e)),
@@ -502,18 +499,22 @@ mod tests {
         let raw = cached.raw.expose_str().to_owned();
         // Where it belongs: served from the cache (the raw text is no JWT, so only the cache
         // can have answered).
-        validator
-            .verified
-            .insert(validator.lookup.hash_one(raw.as_bytes()), cached.clone());
+        validator.verified.insert(
+            validator.lookup.hash_one(raw.as_bytes()),
+            cached.clone(),
+            SystemTime::now(),
+        );
         let hit = validator.validate(&raw).await.expect("cached");
         assert!(Arc::ptr_eq(&hit, &cached));
 
         // A hash collision, simulated by filing alice's token under another token's hash: the
         // other token must be judged on its own (here: not a JWT), never handed alice's identity.
         let other = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl";
-        validator
-            .verified
-            .insert(validator.lookup.hash_one(other.as_bytes()), cached.clone());
+        validator.verified.insert(
+            validator.lookup.hash_one(other.as_bytes()),
+            cached.clone(),
+            SystemTime::now(),
+        );
         let refused = validator.validate(other).await;
         assert!(refused.is_err(), "a colliding token got alice's identity");
     }

@@ -1,7 +1,7 @@
 //! The validation pipeline behind [`Validator::validate`](super::Validator::validate): parse,
 //! claims (`iss`, `aud`/`azp`, `exp`/`nbf`/`iat`, `token_use`), key by `kid`, signature.
 
-use crate::clock::{self, SharedClock};
+use crate::clock;
 use crate::config::{Algorithm, algorithm_refusal};
 use crate::secret::SecretString;
 use base64::Engine as _;
@@ -17,27 +17,6 @@ use super::provider::KeySet;
 use super::provider::Provider;
 use super::provider::Refetch;
 use super::{NOT_LOADED_RETRY_AFTER, Validator, VerifiedToken, seconds_up};
-
-/// A verified token leaves the cache when it has less than `min_token_validity` left, the
-/// point from which [`Validator::validate`] refuses it.
-pub(super) struct TokenExpiry {
-    pub(super) clock: SharedClock,
-    pub(super) min_token_validity: Duration,
-}
-
-impl moka::Expiry<u64, Arc<VerifiedToken>> for TokenExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &u64,
-        value: &Arc<VerifiedToken>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(
-            clock::saturating_sub(value.expires_at, self.clock.now())
-                .saturating_sub(self.min_token_validity),
-        )
-    }
-}
 
 /// The parts of a compact JWS this module reads.
 pub(super) struct Parsed<'a> {

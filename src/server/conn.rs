@@ -415,9 +415,34 @@ impl HttpBody for ResponseBody {
     }
 }
 
+/// One path answered before the router: a request for exactly `path` (any method, any query)
+/// goes straight to `answer`, which skips the router's dispatch (path lookup, boxed service
+/// futures, extensions). For the container endpoint's cached path, where that dispatch cost
+/// more than the answer itself (callgrind, BENCHMARKS.md). The router still holds the same
+/// route; both call the same handler.
+#[derive(Clone)]
+pub struct DirectRoute {
+    /// The exact path.
+    pub path: &'static str,
+    /// The handler.
+    pub answer: Arc<dyn Fn(Request<Body>) -> DirectFuture + Send + Sync>,
+}
+
+/// What a [`DirectRoute`]'s handler returns.
+pub type DirectFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+impl std::fmt::Debug for DirectRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectRoute")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
 /// What every connection of a listener shares.
 pub(crate) struct ListenerShared {
     pub(crate) router: Router,
+    pub(crate) direct: Option<DirectRoute>,
     pub(crate) hosts: Option<Arc<HostPolicy>>,
     pub(crate) name: &'static str,
     pub(crate) metrics: Option<Metrics>,
@@ -459,8 +484,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 }
                 Answer::Ready(Some(refusal))
             }
-            // `Router` is always ready: no `poll_ready` needed before `call`.
-            None => Answer::Routed(shared.router.clone().call(request)),
+            None => match &shared.direct {
+                Some(direct) if request.uri().path() == direct.path => {
+                    Answer::Direct((direct.answer)(request.map(Body::new)))
+                }
+                // `Router` is always ready: no `poll_ready` needed before `call`.
+                _ => Answer::Routed(shared.router.clone().call(request)),
+            },
         };
         ConnFuture {
             answer,
@@ -479,6 +509,7 @@ pub(crate) struct ConnFuture {
 
 enum Answer {
     Routed(RouteFuture<Infallible>),
+    Direct(DirectFuture),
     Ready(Option<Response<Body>>),
 }
 
@@ -492,6 +523,7 @@ impl Future for ConnFuture {
                 Ok(r) => r,
                 Err(never) => match never {},
             },
+            Answer::Direct(direct) => ready!(direct.as_mut().poll(cx)),
             Answer::Ready(ready) => match ready.take() {
                 Some(r) => r,
                 // Polled again after it completed: hyper never does.

@@ -22,12 +22,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::response::Response;
 use axum::routing::any;
 
-use super::{client_error, error_response};
+use super::{DirectRoute, client_error, error_response};
 use crate::broker::Broker;
 use crate::metrics::Surface;
 
@@ -47,6 +48,19 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(AppState { broker })
 }
 
+/// [`CREDENTIALS_PATH`] answered before the main listener's router (the same handler as the
+/// router's route): the cached path is the one every SDK call takes.
+pub fn direct_route(broker: Arc<Broker>) -> DirectRoute {
+    let state = AppState { broker };
+    DirectRoute {
+        path: CREDENTIALS_PATH,
+        answer: Arc::new(move |request| {
+            let state = state.clone();
+            Box::pin(async move { credentials(State(state), request).await })
+        }),
+    }
+}
+
 async fn not_found() -> Response {
     client_error(
         404,
@@ -60,9 +74,15 @@ pub fn forwarded_refusal(headers: &HeaderMap) -> Option<Response> {
     forwarded_refusal_with(headers, 400)
 }
 
+/// The headers a proxy adds, as parsed names (a `&str` lookup parses the name every time).
+static PROXY_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("x-forwarded-for"),
+    header::FORWARDED,
+];
+
 /// Refuses requests relayed by a proxy with `status`, `ForwardedRequest`.
 pub fn forwarded_refusal_with(headers: &HeaderMap, status: u16) -> Option<Response> {
-    for name in ["x-forwarded-for", "forwarded"] {
+    for name in &PROXY_HEADERS {
         if headers.contains_key(name) {
             return Some(client_error(
                 status,
@@ -144,17 +164,16 @@ async fn answer(state: &AppState, method: &Method, headers: &HeaderMap) -> Respo
         Err(e) => return e.response(),
     };
     match state.broker.credentials(token, Surface::Container).await {
-        Ok(issued) => (
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                ),
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            ],
-            issued.container_body(),
-        )
-            .into_response(),
+        Ok(issued) => {
+            let mut response = Response::new(Body::from(issued.container_body()));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
         Err(e) => {
             let reply = e.reply();
             tracing::debug!(

@@ -29,6 +29,7 @@ pub mod imds;
 pub mod realtime;
 pub mod sessions;
 
+pub use conn::{DirectFuture, DirectRoute};
 pub use host::HostPolicy;
 
 use std::net::SocketAddr;
@@ -81,6 +82,8 @@ pub struct ListenerOptions {
     pub hosts: Option<Arc<HostPolicy>>,
     /// Where connection and Host-refusal counts go.
     pub metrics: Option<Metrics>,
+    /// A path answered before the router ([`DirectRoute`]).
+    pub direct: Option<DirectRoute>,
 }
 
 /// The listen backlog: connections the kernel completes before they are accepted. Deeper than
@@ -123,6 +126,7 @@ pub async fn serve_with(
     let limits = options.limits;
     let shared = Arc::new(ListenerShared {
         router,
+        direct: options.direct,
         hosts: options.hosts,
         name: options.name,
         metrics: options.metrics,

@@ -7,7 +7,9 @@
 #
 # Other knobs: CB_BENCH_SECONDS (length of one wrk round, default 6), CB_BENCH_CALLGRIND=0 (skip
 # the callgrind instruction counts), CB_BENCH_OUT (where BENCHMARKS.md goes), CB_BENCH_ONLY=fleet
-# (only the fleet-mode rows: 3 replicas with and without the shared tier, needs redis-server).
+# (only the fleet-mode rows: 3 replicas with and without the shared tier, needs redis-server),
+# CB_BENCH_ONLY=realtime (only the real-time rows: subscription event latency through credbroker
+# vs straight to the emulated AppSync, and memory per idle subscribed connection).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -9,6 +9,8 @@
 //!   nothing else has touched the heap).
 //! - `spread <identities> <lifetime-min> <simulated-min>`: the refresh-spread simulation under a
 //!   paused tokio clock.
+//! - `realtime-upstream <dir> <users>`: the emulators of the real-time row in a process of
+//!   their own ([`crate::realtime`]).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -46,6 +48,9 @@ pub fn main(args: &[String]) -> ExitCode {
             arg(2).parse().unwrap_or(60),
             arg(3).parse().unwrap_or(120),
         ),
+        "realtime-upstream" => {
+            return crate::realtime::upstream_child(&arg(1), arg(2).parse().unwrap_or(1000));
+        }
         other => Err(format!("unknown child mode {other:?}")),
     };
     match result {

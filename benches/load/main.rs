@@ -12,19 +12,23 @@
 //! | 6 | AppSync forwarding   | sequential `POST /appsync/graphql` through the broker vs to the emulated AppSync directly |
 //! | 7 | cold start           | exec of `credbroker run` to its first 200, vs exec of `true`          |
 //! | 8 | fleet                | 3 in-process replicas × M users with and without the shared tier (a real redis-server): Cognito calls, first-request p50, local-hit p50 ([`fleet`]) |
+//! | 9 | real-time            | AppSync subscriptions over WebSocket through `credbroker run` vs to the emulated AppSync directly (the emulators in a child process, `child realtime-upstream`): mutation → `data` frame p50/p99 in OIDC and IAM mode, and RSS per idle subscribed connection of both servers ([`realtime`]) |
 //!
 //! `cargo bench --bench load -- soak` (`bash bench/soak.sh`) runs the soak instead: an hour of
 //! steady load over 1,000 users with Cognito faults injected; see [`soak`].
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does nothing. Environment:
 //! `CB_BENCH_QUICK=1` shrinks every phase (a smoke run), `CB_BENCH_ONLY=fleet` runs only the
-//! fleet figures, `CB_BENCH_ONLY=hotpath` only row 1 (its callgrind profiles are kept as
-//! `target/callgrind.{credbroker,baseline}.<requests>.out` for `callgrind_annotate`), `CB_BENCH_SECONDS` sets the length of
+//! fleet figures, `CB_BENCH_ONLY=realtime` only the real-time ones, `CB_BENCH_ONLY=hotpath`
+//! only row 1 (its callgrind profiles are kept as
+//! `target/callgrind.{credbroker,baseline}.<requests>.out` for `callgrind_annotate`),
+//! `CB_BENCH_SECONDS` sets the length of
 //! one wrk round, `CB_BENCH_CALLGRIND=0` skips the callgrind profile, `CB_BENCH_OUT` is where
 //! BENCHMARKS.md goes (default: the repository root).
 
 mod children;
 mod fleet;
+mod realtime;
 mod report;
 mod soak;
 mod system;
@@ -57,10 +61,20 @@ fn main() -> ExitCode {
         .expect("runtime");
     // `CB_BENCH_ONLY=fleet`: only the fleet figures (they need no quiet machine: call counts
     // and a 40 ms round trip against a cache hit).
-    if std::env::var("CB_BENCH_ONLY").is_ok_and(|v| v == "fleet") {
-        runtime.block_on(fleet::run(&options, &mut report));
-        report.finish();
-        return ExitCode::SUCCESS;
+    // `CB_BENCH_ONLY=realtime`: only the real-time figures (latencies against a same-run
+    // baseline, and RSS).
+    match std::env::var("CB_BENCH_ONLY").as_deref() {
+        Ok("fleet") => {
+            runtime.block_on(fleet::run(&options, &mut report));
+            report.finish();
+            return ExitCode::SUCCESS;
+        }
+        Ok("realtime") => {
+            runtime.block_on(realtime::run(&options, &mut report));
+            report.finish();
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
     // `CB_BENCH_ONLY=hotpath`: row 1 alone (wrk rounds and the callgrind profile), for working
     // on the cached path.
@@ -72,6 +86,7 @@ fn main() -> ExitCode {
     report.criterion();
     runtime.block_on(system::run(&options, &mut report));
     runtime.block_on(fleet::run(&options, &mut report));
+    runtime.block_on(realtime::run(&options, &mut report));
     children::run(&options, &mut report);
     report.finish();
     ExitCode::SUCCESS
@@ -104,6 +119,10 @@ pub struct Options {
     pub cold_starts: usize,
     /// `CB_BENCH_ONLY=hotpath`: only row 1 (and the broker start it needs).
     pub hot_path_only: bool,
+    /// Real-time events timed per path and auth mode.
+    pub realtime_events: usize,
+    /// Idle subscribed connections whose memory is measured.
+    pub realtime_connections: usize,
 }
 
 impl Options {
@@ -129,6 +148,8 @@ impl Options {
                 appsync_requests: 200,
                 cold_starts: 2,
                 hot_path_only,
+                realtime_events: 200,
+                realtime_connections: 200,
             }
         } else {
             Self {
@@ -144,6 +165,8 @@ impl Options {
                 appsync_requests: 2_000,
                 cold_starts: 7,
                 hot_path_only,
+                realtime_events: 1_000,
+                realtime_connections: 1_000,
             }
         }
     }

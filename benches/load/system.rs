@@ -578,7 +578,8 @@ async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
     );
 }
 
-fn fmt_signed(a: Duration, b: Duration) -> String {
+/// `+d` or `−d`: how much `a` exceeds `b`.
+pub fn fmt_signed(a: Duration, b: Duration) -> String {
     if a >= b {
         format!("+{}", fmt_duration(a - b))
     } else {

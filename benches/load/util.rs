@@ -87,7 +87,16 @@ pub async fn wait_for_200(
 
 /// Resident set size of this process, in bytes (from /proc/self/statm).
 pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    rss_from("/proc/self/statm")
+}
+
+/// Resident set size of process `pid`, in bytes (from /proc/<pid>/statm; 0 when it is gone).
+pub fn rss_of(pid: u32) -> u64 {
+    rss_from(&format!("/proc/{pid}/statm"))
+}
+
+fn rss_from(path: &str) -> u64 {
+    let statm = std::fs::read_to_string(path).unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()
         .nth(1)

@@ -230,11 +230,11 @@ impl Shared {
         } else {
             now + self.backoff(entry)
         };
-        *lock(&entry.failure) = Some(Failure {
+        *lock(&entry.failure) = Some(Box::new(Failure {
             until,
             error: e.clone(),
             token_digest: terminal.then_some(token.digest),
-        });
+        }));
         entry.set_state(State::Failing);
         let servable = entry
             .current

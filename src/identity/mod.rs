@@ -45,7 +45,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -149,7 +149,8 @@ pub struct Identity {
     /// `token`'s expiry in ms, to skip the lock when an offered token is not newer.
     token_exp_ms: AtomicU64,
     inflight: Mutex<Option<Inflight>>,
-    failure: Mutex<Option<Failure>>,
+    /// Boxed: ~100 bytes that most identities never use.
+    failure: Mutex<Option<Box<Failure>>>,
     consecutive_failures: AtomicU32,
     last_used_ms: AtomicU64,
     /// [`ASKED`] and [`PARKED`] bits: whether the current set was asked for, and whether a
@@ -164,6 +165,10 @@ pub struct Identity {
     /// The current scheduler wake-up; older queue entries are stale.
     wake_seq: AtomicU64,
     state: AtomicU8,
+    /// Set when the entry leaves the cache: a token that remembers it must look it up again.
+    retired: AtomicBool,
+    /// The [`Shared::id`] of the cache that holds it.
+    cache_id: u64,
     /// Every new credential set is published here (gRPC watchers). Created by the first
     /// subscriber: a watch channel is ~450 bytes, a fifth of what an identity costs.
     updates: OnceLock<watch::Sender<Option<Arc<Issued>>>>,
@@ -179,8 +184,10 @@ impl fmt::Debug for Identity {
 }
 
 impl Identity {
-    fn new(key: IdentityKey, provider: Arc<Provider>) -> Self {
+    fn new(key: IdentityKey, provider: Arc<Provider>, cache_id: u64) -> Self {
         Self {
+            retired: AtomicBool::new(false),
+            cache_id,
             key,
             provider,
             identity_id: Mutex::new(None),
@@ -402,7 +409,12 @@ struct Shared {
     slots: Mutex<slots::Slots>,
     /// Whether the missing budget was already logged.
     deficit_logged: std::sync::atomic::AtomicBool,
+    /// Tells this cache's identities from another's (a token remembers its identity).
+    id: u64,
 }
+
+/// Source of [`Shared::id`].
+static CACHE_IDS: AtomicU64 = AtomicU64::new(1);
 
 impl fmt::Debug for IdentityCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -468,7 +480,8 @@ impl IdentityCache {
         let evictions = metrics.cache_evictions.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.max_identities)
-            .eviction_listener(move |_key, _value, cause| {
+            .eviction_listener(move |_key, value: Arc<Identity>, cause| {
+                value.retired.store(true, Ordering::Release);
                 if cause == moka::notification::RemovalCause::Size {
                     evictions.with_label_values(&["capacity"]).inc();
                 }
@@ -494,6 +507,7 @@ impl IdentityCache {
                     tokio::time::Instant::now(),
                 )),
                 deficit_logged: std::sync::atomic::AtomicBool::new(false),
+                id: CACHE_IDS.fetch_add(1, Ordering::Relaxed),
             }),
         }
     }
@@ -537,12 +551,25 @@ impl IdentityCache {
     /// The entry for `token`'s identity, created if absent; marks it used and offers the token.
     pub fn entry(&self, token: &Arc<VerifiedToken>, role: Option<&str>) -> Arc<Identity> {
         let s = &self.shared;
-        let key = self.key_for(token, role);
-        let entry = match s.cache.get(&key) {
+        let entry = match role.is_none().then(|| s.remembered(token)).flatten() {
             Some(e) => e,
-            None => s.cache.get_with(key.clone(), || {
-                Arc::new(Identity::new(key, token.provider.clone()))
-            }),
+            None => {
+                let key = self.key_for(token, role);
+                let entry = match s.cache.get(&key) {
+                    Some(e) => e,
+                    None => s.cache.get_with(key.clone(), || {
+                        Arc::new(Identity::new(key, token.provider.clone(), s.id))
+                    }),
+                };
+                if role.is_none() {
+                    let remembered: Weak<dyn std::any::Any + Send + Sync> =
+                        Arc::downgrade(&entry) as Weak<_>;
+                    // Kept if the token already remembers one (a retired one: looked up
+                    // each time from now on, until the caller's next token).
+                    let _ = token.resolved.set(remembered);
+                }
+                entry
+            }
         };
         let now = s.clock.now();
         entry
@@ -680,6 +707,18 @@ impl IdentityCache {
 }
 
 impl Shared {
+    /// The identity `token` was last resolved to for the default role, while it is still this
+    /// cache's entry (one lookup instead of two on the cached path).
+    fn remembered(&self, token: &VerifiedToken) -> Option<Arc<Identity>> {
+        let entry = token
+            .resolved
+            .get()?
+            .upgrade()?
+            .downcast::<Identity>()
+            .ok()?;
+        (entry.cache_id == self.id && !entry.retired.load(Ordering::Acquire)).then_some(entry)
+    }
+
     fn servable(&self, entry: &Identity) -> Option<Arc<Issued>> {
         let current = entry.servable_at(self.clock.now())?;
         self.metrics.hot.cache_hit.inc();
@@ -690,6 +729,7 @@ impl Shared {
         let Some(entry) = self.cache.remove(key) else {
             return false;
         };
+        entry.retired.store(true, Ordering::Release);
         entry.clear();
         entry.wake_seq.store(0, Ordering::Relaxed);
         let label = match cause {

@@ -44,11 +44,12 @@
 //! Files: `provider.rs` (discovery, the JWKS and its reload), `validate.rs` (the checks above,
 //! in order), `memo.rs` (verified tokens), `error.rs` (what a refusal or a failed load says).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher as _;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -101,6 +102,10 @@ pub struct VerifiedToken {
     pub client_id: Arc<str>,
     /// The provider's key-withdrawal generation when this token was verified.
     generation: u64,
+    /// What a layer above resolved this token to, opaque here: the identity cache remembers
+    /// the token's identity, so a cached request looks up the token only (one lookup, not
+    /// two). Weak: the identity holds the token.
+    pub resolved: OnceLock<Weak<dyn Any + Send + Sync>>,
 }
 
 impl fmt::Debug for VerifiedToken {
@@ -329,6 +334,7 @@ pub(crate) fn test_token(
         raw: raw.into(),
         client_id: "client".into(),
         generation: 0,
+        resolved: OnceLock::new(),
     })
 }
 

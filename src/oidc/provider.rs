@@ -26,6 +26,9 @@ pub struct Provider {
     /// `config.issuer`, shared by every identity key of this provider, so building a key on the
     /// hot path copies a pointer instead of allocating.
     pub(super) issuer: Arc<str>,
+    /// `config.audiences`, shared by every verified token's `client_id` (one allocation per
+    /// client id, not one per token).
+    pub(super) audiences: Vec<Arc<str>>,
     pub(super) keys: ArcSwapOption<KeySet>,
     pub(super) http: HttpsClient,
     pub(super) timeout: Duration,
@@ -93,6 +96,7 @@ impl Provider {
     ) -> Self {
         Self {
             issuer: config.issuer.as_str().into(),
+            audiences: config.audiences.iter().map(|a| a.as_str().into()).collect(),
             config,
             keys: ArcSwapOption::empty(),
             http,

@@ -259,8 +259,9 @@ impl Validator {
             expires_at: exp,
             raw: SecretString::from(raw),
             digest,
-            client_id: client_id.into(),
+            client_id,
             generation,
+            resolved: std::sync::OnceLock::new(),
         }))
     }
 
@@ -296,8 +297,8 @@ impl Validator {
         &self,
         provider: &Provider,
         claims: &serde_json::Map<String, Value>,
-    ) -> Result<String, TokenError> {
-        let accepted = &provider.config.audiences;
+    ) -> Result<Arc<str>, TokenError> {
+        let accepted = &provider.audiences;
         let audiences: Vec<String> = match claims.get("aud") {
             Some(Value::String(a)) => vec![a.clone()],
             Some(Value::Array(items)) => items
@@ -313,9 +314,10 @@ impl Validator {
             }
         };
         let azp = string_claim(claims, "azp")?;
+        let known = |client: &str| accepted.iter().find(|a| ***a == *client).cloned();
         let client = match &azp {
-            Some(azp) => accepted.contains(azp).then(|| azp.clone()),
-            None => audiences.iter().find(|a| accepted.contains(a)).cloned(),
+            Some(azp) => known(azp),
+            None => audiences.iter().find_map(|a| known(a)),
         };
         if let Some(client) = client {
             return Ok(client);

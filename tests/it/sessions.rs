@@ -116,6 +116,38 @@ async fn a_session_serves_the_sdk_until_it_is_revoked() {
     h.stop().await;
 }
 
+/// The cached path remembers each token's identity (one lookup per request): a logout that
+/// evicts the identity must make the same raw token find a fresh cache entry, never keep using
+/// the evicted one (whose credentials the logout withdrew).
+#[tokio::test]
+async fn a_token_seen_before_a_logout_gets_a_fresh_cache_entry_after_it() {
+    let h = Harness::start().await;
+    let token = h.issuer.token_for("auth0|remembered");
+    assert_eq!(h.get(&token).await.status, 200);
+    assert_eq!(h.get(&token).await.status, 200, "remembered");
+    let before = h.running().broker.cached_identities();
+    assert_eq!(before.len(), 1);
+    let handle = create_session(&h, &token).await;
+    let reply = logout(&h, &handle).await;
+    assert_eq!(reply.json()["identity_evicted"], true, "{}", reply.text());
+    assert_eq!(h.running().broker.identities.len(), 0);
+
+    let reply = h.get(&token).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let after = h.running().broker.cached_identities();
+    assert_eq!(after.len(), 1, "the token's identity is cached again");
+    assert!(
+        !Arc::ptr_eq(&before[0].0, &after[0].0),
+        "a new entry, not the evicted one"
+    );
+    assert_eq!(h.credential_calls(), 2, "exchanged afresh after the logout");
+    // And the fresh entry serves the next request from cache.
+    let key = h.get(&token).await.json()["AccessKeyId"].clone();
+    assert_eq!(reply.json()["AccessKeyId"], key);
+    assert_eq!(h.credential_calls(), 2);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_session_handle_only_ever_yields_its_own_identitys_credentials() {
     let h = Harness::start().await;

@@ -18,7 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TARGETS_ALL=(id_token http_routes graphql cognito_answers token_endpoint config)
+TARGETS_ALL=(id_token http_routes graphql cognito_answers token_endpoint config shared_entries
+    keys_file realtime)
 seconds="${FUZZ_SECONDS:-}"
 runs="${FUZZ_RUNS:-}"
 while getopts "t:n:h" opt; do

@@ -7,8 +7,11 @@
 //! secrets are [`Secret`](crate::secret::Secret) types whose `Debug`/`Display` redact, request
 //! headers are never logged, and dependencies that print request and response structures at
 //! debug/trace level (the AWS SDK prints the `Logins` map and Cognito's `SessionToken`, which
-//! its model does not mark sensitive; sigv4 prints canonical requests; hyper/h2 print frames)
-//! are capped at `info` whatever the filter says, unless `log.unsafe_dependency_logs = true`.
+//! its model does not mark sensitive; sigv4 prints canonical requests; hyper/h2 print frames;
+//! tungstenite prints every WebSocket message and frame payload, and the upgrade request of each
+//! real-time connection to AppSync with its `header-` subprotocol: ID tokens, SigV4 session
+//! tokens and whatever a caller put in a start's `extensions`) are capped at `info` whatever
+//! the filter says, unless `log.unsafe_dependency_logs = true`.
 //! A test runs the binary with `RUST_LOG=trace` and greps its output for secrets.
 //!
 //! Panics: [`install_panic_hook`] (the first thing the binary does) replaces Rust's default
@@ -37,8 +40,10 @@ pub const LEAKY_DEPENDENCIES: &[&str] = &[
     "h2",
     "hyper",
     "hyper_util",
+    "tokio_tungstenite",
     "tonic",
     "tower",
+    "tungstenite",
 ];
 
 /// The filter directive actually used: the user's, then the caps for [`LEAKY_DEPENDENCIES`].
@@ -160,7 +165,7 @@ mod tests {
     fn dependency_caps_override_a_trace_filter_unless_opted_out() {
         let f = effective_filter(&log(false), Some("trace,aws_smithy_runtime=trace"));
         assert!(f.starts_with("trace,aws_smithy_runtime=trace,"));
-        assert!(f.ends_with("tower=info"));
+        assert!(f.ends_with("tower=info,tungstenite=info"));
         let filter = EnvFilter::try_new(&f).expect("valid");
         // The later, equally specific cap wins over the user's directive.
         assert!(

@@ -18,7 +18,9 @@ use credbroker::oidc::Validator;
 use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
 
 pub mod cognito;
+pub mod realtime;
 pub mod routes;
+pub mod shared;
 pub mod tokens;
 
 /// 2030-01-01T00:00:00Z in seconds since the epoch: the wall-clock time of every fuzz run.

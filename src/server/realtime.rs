@@ -45,6 +45,7 @@ use super::appsync::{client_reply, refusal};
 use super::container::{NotAscii, bearer_token, forwarded_refusal, strip_bearer};
 use crate::appsync::forward::ForwardError;
 use crate::appsync::realtime::limits::Full;
+use crate::appsync::realtime::protocol::HeaderProblem;
 use crate::appsync::realtime::{
     AuthError, BoxFuture, CallerAuth, Credential, Realtime, Target, protocol, relay,
 };
@@ -58,9 +59,6 @@ use crate::oidc::VerifiedToken;
 pub const DEFAULT_REALTIME_PATH: &str = "/appsync/realtime";
 /// Real time of a named API.
 pub const API_REALTIME_PATH: &str = "/appsync/{api}/realtime";
-
-/// Largest decoded authorization JSON accepted from a subprotocol or the query.
-const MAX_HEADER_JSON: usize = 16 * 1024;
 
 /// Where relays run and what stops them (the main listener's).
 #[derive(Debug, Clone)]
@@ -346,24 +344,19 @@ fn downstream_token(
 
 /// The `Authorization` of a base64 JSON header object.
 fn from_encoded(encoded: &str, source: &str) -> Result<String, ErrorReply> {
-    let malformed = |what: &str| {
+    let text = protocol::header_authorization(encoded).map_err(|problem| {
+        let what = match problem {
+            HeaderProblem::TooLarge => "is larger than 16 KiB",
+            HeaderProblem::NotAnObject => "is not base64-encoded JSON (an object)",
+            HeaderProblem::NoAuthorization => "has no Authorization",
+            HeaderProblem::NotAString => "has an Authorization that is not a string",
+        };
         client_reply(
             400,
             "MalformedRequest",
             format!("{source} {what}; send {{\"Authorization\": <ID token or session handle>}}"),
         )
-    };
-    // base64 is 4 characters per 3 bytes; a little slack for escapes and padding.
-    if encoded.len() > MAX_HEADER_JSON / 3 * 4 + 16 {
-        return Err(malformed("is larger than 16 KiB"));
-    }
-    let object = protocol::decode_object(encoded)
-        .ok_or_else(|| malformed("is not base64-encoded JSON (an object)"))?;
-    let value = protocol::get_ignore_case(&object, "authorization")
-        .ok_or_else(|| malformed("has no Authorization"))?;
-    let text = value
-        .as_str()
-        .ok_or_else(|| malformed("has an Authorization that is not a string"))?;
+    })?;
     not_a_signature(strip_bearer(text.trim())).map(str::to_owned)
 }
 

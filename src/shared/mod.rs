@@ -13,7 +13,11 @@
 //! - an entry that does not open or verify is dropped, counted and never used;
 //! - every failure of Redis is an answer (`None`, `Unavailable`): the caller exchanges on its
 //!   own; nothing here fails a request.
+//!
+//! [`KeyRing`], [`seal_set`] and [`open_set`] are public (hidden) for the fuzz targets only: the
+//! exact path a value read from Redis takes before anything of it is used.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -31,10 +35,11 @@ mod crypto;
 mod store;
 
 pub use budget::LocalGcra;
+#[doc(hidden)]
+pub use crypto::KeyRing;
 pub use crypto::{Reject, generate_key_line};
 pub use store::Unavailable;
 
-use crypto::KeyRing;
 use store::{Acquired, Store};
 
 /// How often a replica waiting for another one's exchange looks again.
@@ -50,14 +55,19 @@ pub struct Names {
     lk: String,
 }
 
-/// A credential set as shared (borrowed from the served form).
+/// A credential set as shared (borrowed from the served form; read back borrowed where the JSON
+/// holds no escape, else owned).
 #[derive(Serialize, Deserialize)]
 struct Plain<'a> {
     v: u8,
-    id: &'a str,
-    ak: &'a str,
-    sk: &'a str,
-    st: &'a str,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    ak: Cow<'a, str>,
+    #[serde(borrow)]
+    sk: Cow<'a, str>,
+    #[serde(borrow)]
+    st: Cow<'a, str>,
     exp: u64,
     obt: u64,
 }
@@ -296,7 +306,7 @@ impl SharedTier {
                 self.reject("credentials", Reject::WrongType);
             }
             match found {
-                Acquired::Found(value) => match self.open(names, &value) {
+                Acquired::Found(value) => match open_set(&self.keys, &names.cr, &value) {
                     Ok(adopted) => {
                         self.count("credentials", "hit");
                         return Turn::Adopt(adopted);
@@ -330,24 +340,6 @@ impl SharedTier {
         Turn::Alone
     }
 
-    fn open(&self, names: &Names, value: &[u8]) -> Result<Adopted, Reject> {
-        let (header_exp, plain) = self.keys.open(&names.cr, value)?;
-        let p: Plain<'_> = serde_json::from_slice(&plain).map_err(|_| Reject::Malformed)?;
-        if p.v != 1 || p.exp != header_exp {
-            return Err(Reject::Mismatch);
-        }
-        Ok(Adopted {
-            identity_id: p.id.to_owned(),
-            raw: RawCredentials {
-                access_key_id: p.ak.to_owned(),
-                secret_key: SecretString::new(p.sk.to_owned()),
-                session_token: SecretString::new(p.st.to_owned()),
-                expiration: clock::from_unix_millis(p.exp),
-            },
-            obtained_at: clock::from_unix_millis(p.obt),
-        })
-    }
-
     /// Shares a set obtained by this replica (kept only if no later set is there) and releases
     /// `lock` if held. `now` is the injected clock's.
     pub async fn publish(
@@ -360,22 +352,10 @@ impl SharedTier {
         let token = lock.map(|l| l.0).unwrap_or_default();
         let ttl = clock::saturating_sub(set.serve_until, now);
         let exp = clock::unix_millis(set.expires_at);
-        let plain = Plain {
-            v: 1,
-            id: set.identity_id,
-            ak: set.access_key_id,
-            sk: set.secret_access_key,
-            st: set.session_token,
-            exp,
-            obt: clock::unix_millis(set.obtained_at),
-        };
         let sealed = if ttl.is_zero() || !self.shares_credentials() {
             None
         } else {
-            serde_json::to_vec(&plain)
-                .ok()
-                .map(Zeroizing::new)
-                .and_then(|bytes| self.keys.seal(&names.cr, exp, &bytes))
+            seal_set(&self.keys, &names.cr, set)
         };
         let _ = self
             .store
@@ -409,6 +389,45 @@ impl SharedTier {
     pub async fn forget(&self, names: &Names) {
         let _ = self.store.del(&names.cr).await;
     }
+}
+
+/// A credential set sealed for `redis_key` (`None`: no encryption key, or the system random
+/// generator failed).
+#[doc(hidden)]
+pub fn seal_set(keys: &KeyRing, redis_key: &str, set: &SetRef<'_>) -> Option<Vec<u8>> {
+    let exp = clock::unix_millis(set.expires_at);
+    let plain = Plain {
+        v: 1,
+        id: Cow::Borrowed(set.identity_id),
+        ak: Cow::Borrowed(set.access_key_id),
+        sk: Cow::Borrowed(set.secret_access_key),
+        st: Cow::Borrowed(set.session_token),
+        exp,
+        obt: clock::unix_millis(set.obtained_at),
+    };
+    let bytes = Zeroizing::new(serde_json::to_vec(&plain).ok()?);
+    keys.seal(redis_key, exp, &bytes)
+}
+
+/// The set in a value read from `redis_key`, if it opens and its contents agree with its
+/// header; else why it is refused.
+#[doc(hidden)]
+pub fn open_set(keys: &KeyRing, redis_key: &str, value: &[u8]) -> Result<Adopted, Reject> {
+    let (header_exp, plain) = keys.open(redis_key, value)?;
+    let p: Plain<'_> = serde_json::from_slice(&plain).map_err(|_| Reject::Malformed)?;
+    if p.v != 1 || p.exp != header_exp {
+        return Err(Reject::Mismatch);
+    }
+    Ok(Adopted {
+        identity_id: p.id.into_owned(),
+        raw: RawCredentials {
+            access_key_id: p.ak.into_owned(),
+            secret_key: SecretString::new(p.sk.into_owned()),
+            session_token: SecretString::new(p.st.into_owned()),
+            expiration: clock::from_unix_millis(p.exp),
+        },
+        obtained_at: clock::from_unix_millis(p.obt),
+    })
 }
 
 /// `credbroker gen-key`: prints keys-file lines (`naming` first when asked for).
@@ -447,4 +466,86 @@ fn lock_token() -> String {
     use rand::Rng as _;
     let bytes: [u8; 16] = rand::thread_rng().r#gen();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BudgetConfig, Topology, parse_keys};
+
+    fn ring() -> KeyRing {
+        let lines = ["naming", "k1"]
+            .iter()
+            .map(|id| generate_key_line(id).expect("rng"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let (naming_key, encryption_keys) = parse_keys(&lines).expect("keys");
+        KeyRing::new(&SharedConfig {
+            url: "redis://127.0.0.1/".to_owned().into(),
+            topology: Topology::Standalone,
+            nodes: Vec::new(),
+            tls_ca: None,
+            key_prefix: "t:".to_owned(),
+            share_identity_ids: true,
+            share_credentials: true,
+            naming_key,
+            encryption_keys,
+            connect_timeout: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(1),
+            lock_wait: Duration::from_secs(1),
+            retry_interval: Duration::from_secs(1),
+            identity_id_ttl: Duration::from_secs(3600),
+            budget: BudgetConfig {
+                get_id_rate: 1.0,
+                credentials_rate: 1.0,
+                burst_seconds: 1.0,
+                background_headroom: 0.0,
+                max_wait: Duration::ZERO,
+                expected_replicas: 1,
+            },
+        })
+    }
+
+    #[test]
+    fn every_sealed_set_opens_as_it_was_even_where_json_escapes_it() {
+        // Found by the shared_entries fuzz target: the plaintext was read into borrowed `&str`
+        // fields, and serde_json cannot borrow a string holding an escape, so a set with a `"`,
+        // `\` or control character in any field was refused as malformed by every replica.
+        let keys = ring();
+        let at = |ms: u64| clock::from_unix_millis(ms);
+        for odd in [
+            "plain",
+            "quo\"te",
+            "back\\slash",
+            "ctrl\u{2}",
+            "new\nline",
+            "é ☃",
+        ] {
+            let secret = format!("wJalrXUtnFEMI/K7MDENG+{odd}");
+            let token = format!("FwoGZXIvYXdz{odd}==");
+            let id = format!("us-east-1:{odd}");
+            let set = SetRef {
+                identity_id: &id,
+                access_key_id: odd,
+                secret_access_key: &secret,
+                session_token: &token,
+                expires_at: at(1_893_459_600_000),
+                obtained_at: at(1_893_456_000_000),
+                serve_until: at(1_893_459_000_000),
+            };
+            let sealed = seal_set(&keys, "t:{a}:cr", &set).expect("sealed");
+            let opened = open_set(&keys, "t:{a}:cr", &sealed)
+                .unwrap_or_else(|why| panic!("{odd:?}: refused as {why:?}"));
+            assert_eq!(opened.identity_id, id);
+            assert_eq!(opened.raw.access_key_id, odd);
+            assert_eq!(opened.raw.secret_key.expose_str(), secret);
+            assert_eq!(opened.raw.session_token.expose_str(), token);
+            assert_eq!(opened.raw.expiration, set.expires_at);
+            assert_eq!(opened.obtained_at, set.obtained_at);
+            assert_eq!(
+                open_set(&keys, "t:{b}:cr", &sealed).map(|_| ()),
+                Err(Reject::Decrypt)
+            );
+        }
+    }
 }

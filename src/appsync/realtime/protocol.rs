@@ -16,6 +16,9 @@ use serde_json::{Map, Value, json};
 /// The subprotocol both sides speak.
 pub const SUBPROTOCOL: &str = "graphql-ws";
 
+/// Largest decoded authorization JSON accepted from a subprotocol or the query.
+pub const MAX_HEADER_JSON: usize = 16 * 1024;
+
 /// Close codes credbroker sends to clients (RFC 6455 §7.4; 4000–4999 are private).
 pub mod close {
     /// The client closed, or AppSync refused the connection (`connection_error`).
@@ -87,6 +90,37 @@ impl Envelope {
     /// The id when it is a string.
     pub fn id(&self) -> Option<&str> {
         self.id.as_ref().and_then(Value::as_str)
+    }
+}
+
+/// `{"payload":{"data":…}}` of a start (nothing else of it is read).
+#[derive(Deserialize)]
+struct StartMessage {
+    #[serde(default)]
+    payload: Option<StartPayload>,
+}
+
+#[derive(Deserialize)]
+struct StartPayload {
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+/// A start's id, when it is usable ([`valid_id`]).
+pub fn start_id(envelope: &Envelope) -> Option<&str> {
+    envelope.id().filter(|id| valid_id(id))
+}
+
+/// A start's `payload.data`, when it is a string. Only this and the id are taken from a
+/// client's start: the start sent upstream is [`start`] of them.
+pub fn start_data(text: &str) -> Option<String> {
+    match serde_json::from_str::<StartMessage>(text)
+        .ok()?
+        .payload?
+        .data?
+    {
+        Value::String(data) => Some(data),
+        _ => None,
     }
 }
 
@@ -163,6 +197,33 @@ pub fn decode_object(text: &str) -> Option<Map<String, Value>> {
     match serde_json::from_slice(&bytes).ok()? {
         Value::Object(map) => Some(map),
         _ => None,
+    }
+}
+
+/// Why a `header-` subprotocol or `?header=` value carries no usable `Authorization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderProblem {
+    /// Longer than [`MAX_HEADER_JSON`] could encode to.
+    TooLarge,
+    /// Not base64 of a JSON object ([`decode_object`]).
+    NotAnObject,
+    /// No `Authorization` key (any case).
+    NoAuthorization,
+    /// An `Authorization` that is not a string.
+    NotAString,
+}
+
+/// The `Authorization` of an encoded header object, as sent (not trimmed).
+pub fn header_authorization(encoded: &str) -> Result<String, HeaderProblem> {
+    // base64 is 4 characters per 3 bytes; a little slack for escapes and padding.
+    if encoded.len() > MAX_HEADER_JSON / 3 * 4 + 16 {
+        return Err(HeaderProblem::TooLarge);
+    }
+    let object = decode_object(encoded).ok_or(HeaderProblem::NotAnObject)?;
+    match get_ignore_case(&object, "authorization") {
+        None => Err(HeaderProblem::NoAuthorization),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(HeaderProblem::NotAString),
     }
 }
 

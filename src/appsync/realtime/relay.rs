@@ -33,7 +33,6 @@ use std::time::{Duration, SystemTime};
 use axum::extract::ws::{self, CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::time::{Instant, Interval, sleep_until};
 use tokio_tungstenite::tungstenite;
@@ -321,19 +320,6 @@ struct Relay {
     _admitted: Option<Admitted>,
 }
 
-/// `{"payload":{"data":…}}` of a start.
-#[derive(Deserialize)]
-struct StartMessage {
-    #[serde(default)]
-    payload: Option<StartPayload>,
-}
-
-#[derive(Deserialize)]
-struct StartPayload {
-    #[serde(default)]
-    data: Option<serde_json::Value>,
-}
-
 /// Waits on an optional future (never resolves for `None`).
 async fn maybe<T>(future: &mut Option<BoxFuture<'static, T>>) -> T {
     match future {
@@ -618,7 +604,7 @@ impl Relay {
     }
 
     async fn on_start(&mut self, envelope: &Envelope, text: &str) -> Result<(), End> {
-        let Some(id) = envelope.id().filter(|id| protocol::valid_id(id)) else {
+        let Some(id) = protocol::start_id(envelope) else {
             let m = "a start needs an id of 1 to 128 visible ASCII characters";
             return self.refuse(None, "malformed", "MalformedRequest", m).await;
         };
@@ -629,10 +615,7 @@ impl Relay {
                 .refuse(Some(&id), "duplicate", "DuplicateSubscriptionId", m)
                 .await;
         }
-        let data = serde_json::from_str::<StartMessage>(text)
-            .ok()
-            .and_then(|m| m.payload?.data);
-        let Some(serde_json::Value::String(data)) = data else {
+        let Some(data) = protocol::start_data(text) else {
             let m = "payload.data must be a string: the JSON of {\"query\", \"variables\"}";
             return self
                 .refuse(Some(&id), "malformed", "MalformedRequest", m)

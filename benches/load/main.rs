@@ -13,6 +13,7 @@
 //! | 7 | cold start           | exec of `credbroker run` to its first 200, vs exec of `true`          |
 //! | 8 | fleet                | 3 in-process replicas × M users with and without the shared tier (a real redis-server): Cognito calls, first-request p50, local-hit p50 ([`fleet`]) |
 //! | 9 | real-time            | AppSync subscriptions over WebSocket through `credbroker run` vs to the emulated AppSync directly (the emulators in a child process, `child realtime-upstream`): mutation → `data` frame p50/p99 in OIDC and IAM mode, and RSS per idle subscribed connection of both servers ([`realtime`]) |
+//! | 10 | short-lived processes | N processes each getting one user's credentials once: the Rust SDK calling Cognito itself vs aws-config's default chain against the container endpoint (`child direct-cognito`, `child container`): Cognito calls, median start → credentials ([`processes`]) |
 //!
 //! `cargo bench --bench load -- soak` (`bash bench/soak.sh`) runs the soak instead: an hour of
 //! steady load over 1,000 users with Cognito faults injected; see [`soak`].
@@ -28,6 +29,7 @@
 
 mod children;
 mod fleet;
+mod processes;
 mod realtime;
 mod report;
 mod soak;
@@ -74,6 +76,11 @@ fn main() -> ExitCode {
             report.finish();
             return ExitCode::SUCCESS;
         }
+        Ok("processes") => {
+            runtime.block_on(processes::run(&options, &mut report));
+            report.finish();
+            return ExitCode::SUCCESS;
+        }
         _ => {}
     }
     // `CB_BENCH_ONLY=hotpath`: row 1 alone (wrk rounds and the callgrind profile), for working
@@ -87,6 +94,7 @@ fn main() -> ExitCode {
     runtime.block_on(system::run(&options, &mut report));
     runtime.block_on(fleet::run(&options, &mut report));
     runtime.block_on(realtime::run(&options, &mut report));
+    runtime.block_on(processes::run(&options, &mut report));
     children::run(&options, &mut report);
     report.finish();
     ExitCode::SUCCESS

@@ -90,6 +90,18 @@ impl Settings {
     }
 }
 
+/// What [`Broker::credentials_now`] could answer without waiting.
+#[derive(Debug)]
+pub enum Now {
+    /// Cached credentials, handed out.
+    Served(Arc<Issued>),
+    /// Refused without I/O (e.g. an expired token verified before).
+    Refused(BrokerError),
+    /// Needs waiting (a signature check, an exchange, a session): [`Broker::finish`], with the
+    /// token when it was already validated.
+    Later(Option<Arc<VerifiedToken>>),
+}
+
 /// Who a request speaks for: a verified ID token, the role asked for (`None`: the identity
 /// cache's default), and the session it came through, if any.
 #[derive(Debug, Clone)]
@@ -225,6 +237,42 @@ impl Broker {
                 .await
         })
         .await
+    }
+
+    /// [`Broker::credentials`] without waiting: what can be answered at once (the cached path:
+    /// a token verified before whose identity holds servable credentials, or a refusal that
+    /// needs no I/O), else [`Now::Later`] with what was learnt, for the caller to finish with
+    /// [`Broker::finish`]. Same rules, metrics and audit line as [`Broker::credentials`].
+    pub fn credentials_now(&self, raw: &str, surface: Surface) -> Now {
+        if crate::sessions::is_handle(raw) {
+            return Now::Later(None);
+        }
+        let token = match self.validator.validate_memoized(raw) {
+            None => return Now::Later(None),
+            Some(Err(e)) => return Now::Refused(e.into()),
+            Some(Ok(token)) => token,
+        };
+        let entry = self.identities.entry(&token, None);
+        match self.identities.servable(&entry) {
+            Some(issued) => {
+                self.handed_out(surface, &token, &issued);
+                Now::Served(issued)
+            }
+            None => Now::Later(Some(token)),
+        }
+    }
+
+    /// Finishes what [`Broker::credentials_now`] left for later.
+    pub async fn finish(
+        &self,
+        raw: &str,
+        token: Option<Arc<VerifiedToken>>,
+        surface: Surface,
+    ) -> Result<Arc<Issued>, BrokerError> {
+        match token {
+            Some(token) => self.credentials_for_token(&token, None, surface).await,
+            None => self.credentials(raw, surface).await,
+        }
     }
 
     /// Credentials for a validated token, with an optional role (`None`: the identity cache's

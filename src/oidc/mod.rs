@@ -119,6 +119,14 @@ impl fmt::Debug for VerifiedToken {
     }
 }
 
+/// What the memo says of a raw token.
+enum Memoized {
+    /// Decided without a signature check.
+    Answer(Result<Arc<VerifiedToken>, TokenError>),
+    /// Not verified before: `lookup` is its memo key.
+    Unknown { lookup: u64, now: SystemTime },
+}
+
 /// Validates ID tokens against the configured providers.
 pub struct Validator {
     providers: Vec<Arc<Provider>>,
@@ -233,38 +241,10 @@ impl Validator {
 
     /// Validates a raw ID token. See the module docs for the rules.
     pub async fn validate(&self, raw: &str) -> Result<Arc<VerifiedToken>, TokenError> {
-        if raw.is_empty() {
-            return Err(self.count_failure(None, TokenError::Missing));
-        }
-        if raw.len() > self.config.max_token_bytes {
-            return Err(self.count_failure(
-                None,
-                TokenError::TooLarge {
-                    len: raw.len(),
-                    max: self.config.max_token_bytes,
-                },
-            ));
-        }
-        let lookup = self.lookup.hash_one(raw.as_bytes());
-        let now = self.clock.now();
-        // Plain equality: only a token with the same keyed hash is ever compared, so the timing
-        // cannot be steered towards another caller's token; subtle's constant-time loop cost
-        // ~2,500 instructions per cached request (callgrind).
-        if let Some(token) = self.verified.get(lookup).filter(|t| {
-            t.raw.expose_str().as_bytes() == raw.as_bytes()
-                && t.generation == t.provider.withdrawals.load(Ordering::Acquire)
-        }) {
-            return match self.check_remaining(&token, now) {
-                Ok(()) => {
-                    self.metrics.token_cached(&token.provider.config.name);
-                    Ok(token)
-                }
-                Err(e) => {
-                    self.verified.remove(lookup, &token);
-                    Err(self.count_failure(Some(&token.provider.config.name), e))
-                }
-            };
-        }
+        let (lookup, now) = match self.memoized(raw) {
+            Memoized::Answer(answer) => return answer,
+            Memoized::Unknown { lookup, now } => (lookup, now),
+        };
         let mut provider_name = None;
         let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
         // Boxed: the cold path's future is large, and the cached path's future (which every
@@ -281,6 +261,52 @@ impl Validator {
             }
             Err(e) => Err(self.count_failure(provider_name.as_deref(), e)),
         }
+    }
+
+    /// [`Validator::validate`]'s answer when it needs no signature check: a refusal of the
+    /// token's size, or the memo's verdict on a token verified before. `None`: the token must
+    /// be verified ([`Validator::validate`]). Never waits.
+    pub fn validate_memoized(&self, raw: &str) -> Option<Result<Arc<VerifiedToken>, TokenError>> {
+        match self.memoized(raw) {
+            Memoized::Answer(answer) => Some(answer),
+            Memoized::Unknown { .. } => None,
+        }
+    }
+
+    fn memoized(&self, raw: &str) -> Memoized {
+        if raw.is_empty() {
+            return Memoized::Answer(Err(self.count_failure(None, TokenError::Missing)));
+        }
+        if raw.len() > self.config.max_token_bytes {
+            return Memoized::Answer(Err(self.count_failure(
+                None,
+                TokenError::TooLarge {
+                    len: raw.len(),
+                    max: self.config.max_token_bytes,
+                },
+            )));
+        }
+        let lookup = self.lookup.hash_one(raw.as_bytes());
+        let now = self.clock.now();
+        // Plain equality: only a token with the same keyed hash is ever compared, so the timing
+        // cannot be steered towards another caller's token; subtle's constant-time loop cost
+        // ~2,500 instructions per cached request (callgrind).
+        let Some(token) = self.verified.get(lookup).filter(|t| {
+            t.raw.expose_str().as_bytes() == raw.as_bytes()
+                && t.generation == t.provider.withdrawals.load(Ordering::Acquire)
+        }) else {
+            return Memoized::Unknown { lookup, now };
+        };
+        Memoized::Answer(match self.check_remaining(&token, now) {
+            Ok(()) => {
+                self.metrics.token_cached(&token.provider.config.name);
+                Ok(token)
+            }
+            Err(e) => {
+                self.verified.remove(lookup, &token);
+                Err(self.count_failure(Some(&token.provider.config.name), e))
+            }
+        })
     }
 
     fn count_failure(&self, provider: Option<&str>, e: TokenError) -> TokenError {

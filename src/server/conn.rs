@@ -425,10 +425,18 @@ pub struct DirectRoute {
     /// The exact path.
     pub path: &'static str,
     /// The handler.
-    pub answer: Arc<dyn Fn(Request<Body>) -> DirectFuture + Send + Sync>,
+    pub answer: Arc<dyn Fn(Request<Body>) -> DirectAnswer + Send + Sync>,
 }
 
-/// What a [`DirectRoute`]'s handler returns.
+/// What a [`DirectRoute`]'s handler returns: the response, or the work still to do.
+pub enum DirectAnswer {
+    /// Answered at once (no future allocated: the cached path).
+    Ready(Response<Body>),
+    /// Answered when this completes.
+    Later(DirectFuture),
+}
+
+/// The future of a [`DirectAnswer::Later`].
 pub type DirectFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
 impl std::fmt::Debug for DirectRoute {
@@ -486,7 +494,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             }
             None => match &shared.direct {
                 Some(direct) if request.uri().path() == direct.path => {
-                    Answer::Direct((direct.answer)(request.map(Body::new)))
+                    match (direct.answer)(request.map(Body::new)) {
+                        DirectAnswer::Ready(response) => Answer::Ready(Some(response)),
+                        DirectAnswer::Later(future) => Answer::Direct(future),
+                    }
                 }
                 // `Router` is always ready: no `poll_ready` needed before `call`.
                 _ => Answer::Routed(shared.router.clone().call(request)),

@@ -28,8 +28,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
 use axum::routing::any;
 
-use super::{DirectRoute, client_error, error_response};
-use crate::broker::Broker;
+use super::{DirectAnswer, DirectRoute, client_error, error_response};
+use crate::broker::{Broker, BrokerError, Now};
+use crate::identity::Issued;
 use crate::metrics::Surface;
 
 /// The path SDKs are pointed at.
@@ -54,10 +55,7 @@ pub fn direct_route(broker: Arc<Broker>) -> DirectRoute {
     let state = AppState { broker };
     DirectRoute {
         path: CREDENTIALS_PATH,
-        answer: Arc::new(move |request| {
-            let state = state.clone();
-            Box::pin(async move { credentials(State(state), request).await })
-        }),
+        answer: Arc::new(move |request| answer(&state, &request)),
     }
 }
 
@@ -140,50 +138,79 @@ pub(super) fn strip_bearer(text: &str) -> &str {
 }
 
 async fn credentials(State(state): State<AppState>, request: Request) -> Response {
-    let started = Instant::now();
-    // The request by value: the `HeaderMap` extractor would clone every header per request.
-    let response = answer(&state, request.method(), request.headers()).await;
-    state
-        .broker
-        .record_request(Surface::Container, response.status().as_str(), started);
-    response
+    match answer(&state, &request) {
+        DirectAnswer::Ready(response) => response,
+        DirectAnswer::Later(later) => later.await,
+    }
 }
 
-async fn answer(state: &AppState, method: &Method, headers: &HeaderMap) -> Response {
+/// The answer to `request`: at once when the broker can give it without waiting (the cached
+/// path allocates no future), else a future that finishes it. Either way the request is
+/// recorded once.
+fn answer(state: &AppState, request: &Request) -> DirectAnswer {
+    let started = Instant::now();
+    let finished = |response: Response| {
+        state
+            .broker
+            .record_request(Surface::Container, response.status().as_str(), started);
+        response
+    };
+    let token = match admit(request.method(), request.headers()) {
+        Ok(token) => token,
+        Err(refusal) => return DirectAnswer::Ready(finished(*refusal)),
+    };
+    let later = match state.broker.credentials_now(token, Surface::Container) {
+        Now::Served(issued) => return DirectAnswer::Ready(finished(ok_response(&issued))),
+        Now::Refused(e) => return DirectAnswer::Ready(finished(refused(&e))),
+        Now::Later(validated) => validated,
+    };
+    let (state, token) = (state.clone(), token.to_owned());
+    DirectAnswer::Later(Box::pin(async move {
+        let response = match state.broker.finish(&token, later, Surface::Container).await {
+            Ok(issued) => ok_response(&issued),
+            Err(e) => refused(&e),
+        };
+        state
+            .broker
+            .record_request(Surface::Container, response.status().as_str(), started);
+        response
+    }))
+}
+
+/// The caller's token, or the refusal of a request that cannot carry one properly.
+/// (The refusal boxed: a `Response` is large, and the accepted path is the common one.)
+fn admit<'r>(method: &Method, headers: &'r HeaderMap) -> Result<&'r str, Box<Response>> {
     if method != Method::GET && method != Method::HEAD {
         let mut r = client_error(405, "MethodNotAllowed", "use GET");
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
-        return r;
+        return Err(Box::new(r));
     }
     if let Some(refusal) = forwarded_refusal(headers) {
-        return refusal;
+        return Err(Box::new(refusal));
     }
-    let token = match bearer_token(headers) {
-        Ok(t) => t,
-        Err(e) => return e.response(),
-    };
-    match state.broker.credentials(token, Surface::Container).await {
-        Ok(issued) => {
-            let mut response = Response::new(Body::from(issued.container_body()));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(e) => {
-            let reply = e.reply();
-            tracing::debug!(
-                code = reply.code,
-                status = reply.status,
-                "credentials refused"
-            );
-            error_response(&reply)
-        }
-    }
+    bearer_token(headers).map_err(|e| Box::new(e.response()))
+}
+
+fn ok_response(issued: &Issued) -> Response {
+    let mut response = Response::new(Body::from(issued.container_body()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn refused(e: &BrokerError) -> Response {
+    let reply = e.reply();
+    tracing::debug!(
+        code = reply.code,
+        status = reply.status,
+        "credentials refused"
+    );
+    error_response(&reply)
 }
 
 #[cfg(test)]

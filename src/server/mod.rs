@@ -29,7 +29,7 @@ pub mod imds;
 pub mod realtime;
 pub mod sessions;
 
-pub use conn::{DirectFuture, DirectRoute};
+pub use conn::{DirectAnswer, DirectFuture, DirectRoute};
 pub use host::HostPolicy;
 
 use std::net::SocketAddr;

@@ -144,8 +144,14 @@ pub fn child_command(mode: &str) -> Command {
 
 /// Runs a child mode to completion and returns its last stdout line starting with `RESULT `.
 pub fn run_child(mode: &str, args: &[String]) -> Result<String, String> {
+    run_child_env(mode, args, &[])
+}
+
+/// [`run_child`] with extra environment variables.
+pub fn run_child_env(mode: &str, args: &[String], env: &[(&str, &str)]) -> Result<String, String> {
     let output = child_command(mode)
         .args(args)
+        .envs(env.iter().copied())
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run child {mode}: {e}"))?;

@@ -345,8 +345,8 @@ impl Broker {
         // Cognito a token it could refuse mid-exchange.
         self.validator.check_remaining(token, self.clock.now())?;
         let _permit = self.pending.try_acquire().map_err(|_| BrokerError::Busy)?;
-        // Boxed: a cached answer's future (moved on every request) stays small.
-        Box::pin(self.identities.credentials_for(&entry, token))
+        self.identities
+            .credentials_for(&entry, token)
             .await
             .map_err(|error| BrokerError::upstream(error, token))
     }

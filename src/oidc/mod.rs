@@ -247,9 +247,9 @@ impl Validator {
         };
         let mut provider_name = None;
         let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
-        // Boxed: the cold path's future is large, and the cached path's future (which every
-        // request moves) would otherwise be as large.
-        let result = Box::pin(self.validate_uncached(raw, digest, now, &mut provider_name)).await;
+        let result = self
+            .validate_uncached(raw, digest, now, &mut provider_name)
+            .await;
         match result {
             Ok(token) => {
                 self.metrics

@@ -28,7 +28,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
 use axum::routing::any;
 
-use super::{DirectAnswer, DirectRoute, client_error, error_response};
+use super::{DirectAnswer, DirectRoute, client_error, error_response, json_no_store};
 use crate::broker::{Broker, BrokerError, Now};
 use crate::identity::Issued;
 use crate::metrics::Surface;
@@ -193,14 +193,7 @@ fn admit<'r>(method: &Method, headers: &'r HeaderMap) -> Result<&'r str, Box<Res
 }
 
 fn ok_response(issued: &Issued) -> Response {
-    let mut response = Response::new(Body::from(issued.container_body()));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    json_no_store(Response::new(Body::from(issued.container_body())))
 }
 
 fn refused(e: &BrokerError) -> Response {

@@ -232,16 +232,23 @@ async fn slot(
 pub fn error_response(reply: &ErrorReply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::json!({ "Code": reply.code, "Message": reply.message }).to_string();
-    let mut response = (status, body).into_response();
+    let mut response = json_no_store((status, body).into_response());
+    let headers = response.headers_mut();
+    if let Some(secs) = reply.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// `response` marked as JSON that no cache may keep (every answer carrying credentials or a
+/// refusal).
+pub(crate) fn json_no_store(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(secs) = reply.retry_after {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
     response
 }
 

@@ -27,13 +27,13 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use serde::Deserialize;
 
 use super::container::{bearer_token, forwarded_refusal};
-use super::{client_error, error_response, method_not_allowed};
+use super::{client_error, error_response, json_no_store, method_not_allowed};
 use crate::broker::RefreshLogin;
 use crate::broker::{Broker, BrokerError};
 use crate::clock;
@@ -147,7 +147,7 @@ async fn create_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Res
         "expires_at": clock::format_aws_timestamp(created.expires_at),
     })
     .to_string();
-    no_store((StatusCode::CREATED, body).into_response())
+    json_no_store((StatusCode::CREATED, body).into_response())
 }
 
 async fn revoke(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -157,7 +157,7 @@ async fn revoke(State(state): State<AppState>, headers: HeaderMap) -> Response {
         None => match bearer_token(&headers) {
             Err(e) => e.response(),
             Ok(handle) => match state.broker.revoke_session(handle) {
-                Ok(evicted) => no_store(
+                Ok(evicted) => json_no_store(
                     (
                         StatusCode::OK,
                         serde_json::json!({ "identity_evicted": evicted }).to_string(),
@@ -197,16 +197,6 @@ fn refused(e: &BrokerError) -> Response {
         "session request refused"
     );
     error_response(&reply)
-}
-
-fn no_store(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 fn observe(broker: &Broker, started: Instant, response: &Response) {

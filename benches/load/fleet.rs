@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use credbroker::app::{self, Overrides, Running};
 use credbroker::config::Config;
-use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
-use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
+use credbroker_emulators::cognito::CognitoEmulator;
+use credbroker_emulators::oidc::OidcIssuer;
 use credbroker_emulators::redis_server::RedisServer;
 use futures_util::StreamExt as _;
 
@@ -125,18 +125,7 @@ pub async fn run(options: &Options, report: &mut Report) {
             return;
         }
     };
-    let clock = credbroker::clock::system();
-    let issuer = OidcIssuer::start(IssuerOptions::default(), clock.clone())
-        .await
-        .expect("issuer");
-    let cognito = CognitoEmulator::start(
-        CognitoOptions::default(),
-        vec![TrustedProvider::for_issuer(&issuer)],
-        clock,
-    )
-    .await
-    .expect("cognito");
-    cognito.faults().set_latency(COGNITO_LATENCY);
+    let (issuer, cognito) = util::issuer_and_cognito(COGNITO_LATENCY).await;
     let users = if options.quick { 100 } else { 1_000 };
     let lines: Vec<String> = ["naming", "k1"]
         .iter()

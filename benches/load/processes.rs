@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use aws_config::BehaviorVersion;
 use credbroker::app::{self, Overrides};
 use credbroker::config::Config;
-use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
-use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
+use credbroker_emulators::cognito::CognitoEmulator;
 use futures_util::StreamExt as _;
 
 use crate::Options;
@@ -135,18 +134,7 @@ async fn processes(mode: &str, args: &[String], env: &[(&str, String)], n: usize
 
 pub async fn run(options: &Options, report: &mut Report) {
     let n = if options.quick { 20 } else { 100 };
-    let clock = credbroker::clock::system();
-    let issuer = OidcIssuer::start(IssuerOptions::default(), clock.clone())
-        .await
-        .expect("issuer");
-    let cognito = CognitoEmulator::start(
-        CognitoOptions::default(),
-        vec![TrustedProvider::for_issuer(&issuer)],
-        clock,
-    )
-    .await
-    .expect("cognito");
-    cognito.faults().set_latency(COGNITO_LATENCY);
+    let (issuer, cognito) = util::issuer_and_cognito(COGNITO_LATENCY).await;
     let token = issuer.token_for("auth0|short-lived");
 
     let calls = |c: &CognitoEmulator| {

@@ -208,3 +208,28 @@ pub fn fmt_duration(d: Duration) -> String {
         format!("{:.2} s", us / 1e6)
     }
 }
+
+/// An emulated issuer and an emulated Cognito trusting it, answering after `latency`, on the
+/// system clock (the rows that count Cognito calls against a round trip).
+pub async fn issuer_and_cognito(
+    latency: Duration,
+) -> (
+    credbroker_emulators::oidc::OidcIssuer,
+    credbroker_emulators::cognito::CognitoEmulator,
+) {
+    use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
+    use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
+    let clock = credbroker::clock::system();
+    let issuer = OidcIssuer::start(IssuerOptions::default(), clock.clone())
+        .await
+        .expect("issuer");
+    let cognito = CognitoEmulator::start(
+        CognitoOptions::default(),
+        vec![TrustedProvider::for_issuer(&issuer)],
+        clock,
+    )
+    .await
+    .expect("cognito");
+    cognito.faults().set_latency(latency);
+    (issuer, cognito)
+}

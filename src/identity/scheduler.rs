@@ -26,7 +26,7 @@ impl IdentityCache {
     pub async fn run_scheduler(self, shutdown: CancellationToken) {
         let s = self.shared.clone();
         let permits = Arc::new(Semaphore::new(s.config.refresh_concurrency));
-        let spacing = Duration::from_secs_f64(1.0 / s.config.refresh_rate);
+        let spacing = super::slots::spacing(s.config.refresh_rate);
         let mut next_slot = tokio::time::Instant::now();
         loop {
             let next = lock(&s.queue).keys().next().map(|(t, _)| *t);
@@ -57,7 +57,7 @@ impl IdentityCache {
                 if entry.wake_seq.load(Ordering::Relaxed) != seq {
                     continue;
                 }
-                // Rate limit: refresh_rate per second, evenly spaced.
+                // Rate limit: at most refresh_rate in any second, evenly spaced.
                 let slot = next_slot.max(now);
                 next_slot = slot + spacing;
                 if slot > now {

@@ -5,6 +5,10 @@
 //! larger than the window holds starts early instead of leaving callers an on-demand
 //! exchange. When no slot is free between now and the deadline, the budget cannot cover the
 //! identities held: the caller says so.
+//!
+//! The budget is strict: no closed one-second interval holds more than `cache.refresh_rate`
+//! renewals ([`spacing`]), so Cognito never sees one over it in any second, however its
+//! seconds fall.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,11 +23,20 @@ pub(super) struct Slots {
     taken: BTreeMap<u64, u64>,
 }
 
+/// The gap between two renewals at `rate_per_second`: a thousandth over `1 / rate`, so that
+/// renewal `k + rate` falls after the end of the second that starts at renewal `k` (tokio's
+/// timers round up to the millisecond, which only widens the gap). It costs 0.1 % of the
+/// budget. The one place the rate becomes a gap: the timetable and the scheduler's limiter
+/// both use it.
+pub(super) fn spacing(rate_per_second: f64) -> Duration {
+    Duration::from_secs_f64(1.001 / rate_per_second)
+}
+
 impl Slots {
     pub(super) fn new(rate_per_second: f64, epoch: Instant) -> Self {
         Self {
             epoch,
-            spacing: Duration::from_secs_f64(1.0 / rate_per_second),
+            spacing: spacing(rate_per_second),
             taken: BTreeMap::new(),
         }
     }
@@ -32,6 +45,13 @@ impl Slots {
     fn index(&self, t: Instant) -> u64 {
         let since = t.saturating_duration_since(self.epoch);
         let n = since.as_nanos().div_ceil(self.spacing.as_nanos().max(1));
+        u64::try_from(n).unwrap_or(u64::MAX)
+    }
+
+    /// The last slot at or before `t` (the first slot when `t` is before it).
+    fn index_before(&self, t: Instant) -> u64 {
+        let since = t.saturating_duration_since(self.epoch);
+        let n = since.as_nanos() / self.spacing.as_nanos().max(1);
         u64::try_from(n).unwrap_or(u64::MAX)
     }
 
@@ -84,7 +104,7 @@ impl Slots {
     ) -> Option<Instant> {
         let first = self.index(now);
         self.prune(first);
-        let last = self.index(deadline).max(first);
+        let last = self.index_before(deadline).max(first);
         let want = self.index(want).clamp(first, last);
         let later = match self.run(want) {
             Some((_, end)) => end.saturating_add(1),
@@ -112,9 +132,10 @@ mod tests {
     fn a_burst_fills_its_window_then_starts_early_and_never_doubles_up() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
+        let gap = spacing(10.0);
         let mut slots = Slots::new(10.0, t0);
-        // 30 renewals that all want t0+10 s with a deadline at t0+11 s: 11 slots from 10.0 s
-        // to 11.0 s, then the latest ones before 10 s.
+        // 30 renewals that all want t0+10 s with a deadline at t0+11 s: the 10 slots from
+        // 10 s to 11 s, then the latest ones before 10 s.
         let mut got: Vec<Duration> = (0..30)
             .map(|_| {
                 slots
@@ -123,24 +144,33 @@ mod tests {
                     .duration_since(t0)
             })
             .collect();
-        let mut unique = got.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), 30, "one renewal per slot");
         got.sort();
-        assert_eq!(
-            got.last().copied(),
-            Some(s(11)),
-            "the window is used to its deadline"
+        assert!(
+            got.windows(2).all(|w| w[1] - w[0] == gap),
+            "one renewal per slot, none skipped: {got:?}"
+        );
+        let last = *got.last().expect("30");
+        assert!(
+            last <= s(11) && s(11) - last < gap,
+            "the window is used to its deadline and not past it: {last:?}"
         );
         assert_eq!(
-            got.first().copied(),
-            Some(Duration::from_millis(8_100)),
-            "19 start early"
+            got.iter().filter(|&&t| t >= s(10)).count(),
+            10,
+            "10 in their window"
         );
-        // Nothing is free between 8.1 s and 11 s any more; an earlier window still fits.
         assert_eq!(
-            slots.reserve(t0 + Duration::from_millis(8_100), t0 + s(10), t0 + s(11)),
+            got.iter().filter(|&&t| t < s(10)).count(),
+            20,
+            "20 start early"
+        );
+        // No one-second interval holds more than the rate.
+        assert_eq!(got[10] - got[0], gap * 10);
+        assert!(got[10] - got[0] > s(1));
+        // Nothing is free between the first and the deadline any more; an earlier window
+        // still fits.
+        assert_eq!(
+            slots.reserve(t0 + got[0], t0 + s(10), t0 + s(11)),
             None,
             "no slot left: the budget cannot cover it"
         );

@@ -15,7 +15,7 @@ const LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 /// `users` identities obtained at once, then each asked every 5 minutes for `minutes`:
 /// (on-demand renewals after the first exchange, the largest number of
-/// GetCredentialsForIdentity calls in one second after it, the metrics).
+/// GetCredentialsForIdentity calls in any closed one-second interval after it, the metrics).
 async fn simulate(users: usize, rate: f64, minutes: u64) -> (f64, usize, String) {
     let h = Harness::with(Tweaks {
         in_process_cognito: true,
@@ -72,7 +72,7 @@ async fn simulate(users: usize, rate: f64, minutes: u64) -> (f64, usize, String)
     let later: Vec<u64> = arrivals.get(warm..).unwrap_or_default().to_vec();
     let peak = later
         .iter()
-        .map(|&t| later.iter().filter(|&&u| u >= t && u < t + 1000).count())
+        .map(|&t| later.iter().filter(|&&u| u >= t && u <= t + 1000).count())
         .max()
         .unwrap_or(0);
     broker.identities.update_gauges();
@@ -100,7 +100,7 @@ async fn a_burst_larger_than_the_window_is_renewed_ahead_without_on_demand_excha
         .collect();
     assert_eq!(on_demand, 0.0, "no caller waited for a renewal: {lines:#?}");
     assert!(
-        peak <= 2,
+        peak <= 1,
         "renewals keep to the budget: peak {peak} calls in one second"
     );
     assert_eq!(metric(&m, "credbroker_refresh_slots_missed_total"), 0.0);

@@ -251,18 +251,34 @@ impl AsyncRead for TrackedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let room = buf.remaining();
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
             // Into the unfilled (uninitialised) part of hyper's buffer: nothing is zeroed first.
-            match self.stream.try_read_buf(buf) {
-                Ok(n) => {
+            // A read shorter than the room left drained the socket: its readiness is cleared
+            // (the closure's WouldBlock makes `try_io` do it), so the next poll waits for epoll
+            // instead of costing a recv that can only fail — tokio's own rule for a TcpStream
+            // it owns, which this shared one cannot use.
+            let mut read = None;
+            let outcome = self.stream.try_io(tokio::io::Interest::READABLE, || {
+                let n = self.stream.try_read_buf(buf)?;
+                read = Some(n);
+                if n > 0 && n < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match (outcome, read) {
+                (Ok(()), Some(n)) | (Err(_), Some(n)) => {
                     if n > 0 {
                         self.conn.bytes_read();
                     }
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), None) => return Poll::Ready(Err(e)),
+                (Ok(()), None) => return Poll::Ready(Ok(())),
             }
         }
     }

@@ -5,6 +5,11 @@
 //!   server that answers `GET` with the body when `Authorization` equals the token (plain
 //!   equality), 401 otherwise. Same tokio runtime and HTTP/1 settings as credbroker's
 //!   listener; no routing, no validation, no cache.
+//! - `proxy-baseline <port> <upstream-url>`: the AppSync row's baseline, a minimal hyper
+//!   reverse proxy: it buffers the body, copies the caller's headers (`Authorization` included)
+//!   minus `Host`, sends them to `upstream-url` over a pooled keep-alive client and streams the
+//!   answer back. The same runtime and HTTP/1 settings; no authentication, no checks — what any
+//!   proxy process in the path costs.
 //! - `memory <n1,n2,…>`: RSS of a broker holding 0, n1, n2 … identities (a fresh process, so
 //!   nothing else has touched the heap).
 //! - `spread <identities> <lifetime-min> <simulated-min>`: the refresh-spread simulation under a
@@ -42,6 +47,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let result = match arg(0).as_str() {
         "baseline-server" => baseline_server(arg(1).parse().unwrap_or(0), &arg(2), &arg(3)),
+        "proxy-baseline" => proxy_baseline(arg(1).parse().unwrap_or(0), &arg(2)),
         "memory" => memory(&arg(1)),
         "spread" => spread(
             arg(1).parse().unwrap_or(1000),
@@ -159,6 +165,77 @@ fn baseline_server(port: u16, token_file: &str, body_file: &str) -> Result<(), S
             });
         }
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// proxy-baseline
+
+fn proxy_baseline(port: u16, upstream: &str) -> Result<(), String> {
+    use http_body_util::BodyExt as _;
+    let upstream: http::Uri = upstream.parse().map_err(|e| format!("{upstream}: {e}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("bind {addr}: {e}"))?;
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .max_buf_size(16 * 1024)
+            .keep_alive(true);
+        let client = util::client();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = term.recv() => return Ok(()),
+                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            let upstream = upstream.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let client = client.clone();
+                let upstream = upstream.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = match body.collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => return Ok(bad_gateway()),
+                    };
+                    let mut out = Request::new(Full::new(body));
+                    *out.method_mut() = parts.method;
+                    *out.uri_mut() = upstream;
+                    let headers = out.headers_mut();
+                    for (name, value) in &parts.headers {
+                        if name != header::HOST {
+                            headers.append(name.clone(), value.clone());
+                        }
+                    }
+                    let answer = match client.request(out).await {
+                        Ok(r) => r.map(http_body_util::Either::Left),
+                        Err(_) => bad_gateway(),
+                    };
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    })
+}
+
+fn bad_gateway() -> Response<http_body_util::Either<Incoming, Full<Bytes>>> {
+    let mut r = Response::new(http_body_util::Either::Right(Full::new(Bytes::new())));
+    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    r
 }
 
 // ---------------------------------------------------------------------------------------------

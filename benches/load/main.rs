@@ -9,7 +9,7 @@
 //! | 3 | single-flight        | 1,000 concurrent cold requests for one identity; 10,000 identities warmed; emulated Cognito's call counters |
 //! | 4 | refresh spread       | child process, in-process Cognito, paused tokio clock (`child spread`) |
 //! | 5 | memory               | child process, RSS from /proc/self/statm at 0, 10k, 100k identities (`child memory`) |
-//! | 6 | AppSync forwarding   | sequential `POST /appsync/graphql` through the broker vs to the emulated AppSync directly |
+//! | 6 | AppSync forwarding   | sequential `POST /appsync/graphql` through the broker vs to the emulated AppSync directly, and through a minimal hyper reverse proxy (`child proxy-baseline`): what any process in the path costs; optional callgrind instructions per forwarded request of both |
 //! | 7 | cold start           | exec of `credbroker run` to its first 200, vs exec of `true`          |
 //! | 8 | fleet                | 3 in-process replicas × M users with and without the shared tier (a real redis-server): Cognito calls, first-request p50, local-hit p50 ([`fleet`]) |
 //! | 9 | real-time            | AppSync subscriptions over WebSocket through `credbroker run` vs to the emulated AppSync directly (the emulators in a child process, `child realtime-upstream`): mutation → `data` frame p50/p99 in OIDC and IAM mode, and RSS per idle subscribed connection of both servers ([`realtime`]) |
@@ -23,6 +23,8 @@
 //! fleet figures, `CB_BENCH_ONLY=realtime` only the real-time ones, `CB_BENCH_ONLY=hotpath`
 //! only row 1 (its callgrind profiles are kept as
 //! `target/callgrind.{credbroker,baseline}.<requests>.out` for `callgrind_annotate`),
+//! `CB_BENCH_ONLY=appsync` only row 6 (profiles kept as
+//! `target/callgrind.appsync-{credbroker,proxy}.<requests>.out`),
 //! `CB_BENCH_SECONDS` sets the length of
 //! one wrk round, `CB_BENCH_CALLGRIND=0` skips the callgrind profile, `CB_BENCH_OUT` is where
 //! BENCHMARKS.md goes (default: the repository root).
@@ -85,7 +87,9 @@ fn main() -> ExitCode {
     }
     // `CB_BENCH_ONLY=hotpath`: row 1 alone (wrk rounds and the callgrind profile), for working
     // on the cached path.
-    if options.hot_path_only {
+    // `CB_BENCH_ONLY=appsync`: row 6 alone (with its callgrind profile), for working on the
+    // forwarding path.
+    if options.hot_path_only || options.appsync_only {
         runtime.block_on(system::run(&options, &mut report));
         report.finish();
         return ExitCode::SUCCESS;
@@ -127,6 +131,8 @@ pub struct Options {
     pub cold_starts: usize,
     /// `CB_BENCH_ONLY=hotpath`: only row 1 (and the broker start it needs).
     pub hot_path_only: bool,
+    /// `CB_BENCH_ONLY=appsync`: only row 6 (and the broker start it needs).
+    pub appsync_only: bool,
     /// Real-time events timed per path and auth mode.
     pub realtime_events: usize,
     /// Idle subscribed connections whose memory is measured.
@@ -142,6 +148,7 @@ impl Options {
             .unwrap_or(if quick { 2 } else { 6 });
         let callgrind = std::env::var("CB_BENCH_CALLGRIND").map_or(true, |v| v != "0");
         let hot_path_only = std::env::var("CB_BENCH_ONLY").is_ok_and(|v| v == "hotpath");
+        let appsync_only = std::env::var("CB_BENCH_ONLY").is_ok_and(|v| v == "appsync");
         if quick {
             Self {
                 quick,
@@ -156,6 +163,7 @@ impl Options {
                 appsync_requests: 200,
                 cold_starts: 2,
                 hot_path_only,
+                appsync_only,
                 realtime_events: 200,
                 realtime_connections: 200,
             }
@@ -173,6 +181,7 @@ impl Options {
                 appsync_requests: 2_000,
                 cold_starts: 7,
                 hot_path_only,
+                appsync_only,
                 realtime_events: 1_000,
                 realtime_connections: 1_000,
             }

@@ -93,6 +93,25 @@ impl Env {
         cmd.spawn().expect("spawn credbroker")
     }
 
+    /// The minimal reverse proxy in front of the emulated AppSync (`child proxy-baseline`).
+    fn spawn_proxy(&self, port: u16, wrapper: &[String]) -> Child {
+        let exe = std::env::current_exe().expect("own executable");
+        let mut argv: Vec<String> = wrapper.to_vec();
+        argv.extend([
+            exe.to_string_lossy().into_owned(),
+            "child".to_owned(),
+            "proxy-baseline".to_owned(),
+            port.to_string(),
+            self.appsync.url().to_owned(),
+        ]);
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the proxy baseline")
+    }
+
     /// The static baseline server (this binary, `child baseline-server`).
     fn spawn_baseline(&self, port: u16, body: &Path, wrapper: &[String]) -> Child {
         let token_file = util::write(&self.dir, "token", self.token.as_bytes());
@@ -159,7 +178,7 @@ default = true
 pub async fn run(options: &Options, report: &mut Report) {
     let env = Env::start().await;
 
-    if !options.hot_path_only {
+    if !options.hot_path_only && !options.appsync_only {
         cold_start(options, report, &env).await;
     }
 
@@ -181,12 +200,19 @@ pub async fn run(options: &Options, report: &mut Report) {
         return;
     }
 
-    hot_path(options, report, &env, &url).await;
-    if options.callgrind {
-        callgrind(options, report, &env).await;
+    if !options.appsync_only {
+        hot_path(options, report, &env, &url).await;
+        if options.callgrind {
+            callgrind(options, report, &env).await;
+        }
     }
     if !options.hot_path_only {
         appsync(options, report, &env, port).await;
+        if options.callgrind {
+            callgrind_appsync(options, report, &env).await;
+        }
+    }
+    if !options.hot_path_only && !options.appsync_only {
         single_flight(options, report, &env, &url).await;
     }
 
@@ -422,77 +448,31 @@ async fn callgrind(options: &Options, report: &mut Report, env: &Env) {
         report.note("valgrind not found; callgrind profile skipped");
         return;
     }
-    let (small, large) = if options.quick {
-        (50, 250)
-    } else {
-        (200, 1200)
-    };
     let body_file = env.dir.join("body.json");
     if !body_file.exists() {
         report.note("callgrind: no response body recorded by the hot-path phase; skipped");
         return;
     }
+    let (small, large) = callgrind_sizes(options);
     let mut per_request = Vec::new();
     for target in ["credbroker", "baseline"] {
-        let mut totals = Vec::new();
-        for n in [small, large] {
-            let out = env.dir.join(format!("callgrind.{target}.{n}.out"));
-            let wrapper = vec![
-                "valgrind".to_owned(),
-                "--tool=callgrind".to_owned(),
-                format!("--callgrind-out-file={}", out.display()),
-                "--quiet".to_owned(),
-            ];
-            let port = util::free_port();
-            let mut child = if target == "credbroker" {
-                env.spawn_broker(port, &wrapper)
+        let measured = instructions_per_request(env, target, (small, large), |port, wrapper| {
+            let child = if target == "credbroker" {
+                env.spawn_broker(port, wrapper)
             } else {
-                env.spawn_baseline(port, &body_file, &wrapper)
+                env.spawn_baseline(port, &body_file, wrapper)
             };
             let url = format!("http://127.0.0.1:{port}/v1/credentials");
-            // A dedicated client: one keep-alive connection, no pooled state from elsewhere.
-            let client = util::client();
-            let ok = util::wait_for_200(
-                &client,
-                &url,
-                &env.token,
-                Instant::now(),
-                Duration::from_secs(120),
-            )
-            .await
-            .is_some();
-            let mut answered = 0;
-            if ok {
-                for _ in 0..n {
-                    if let Ok((200, _)) = util::get(&client, &url, &env.token).await {
-                        answered += 1;
-                    }
-                }
-            }
-            drop(client);
-            tokio::task::spawn_blocking(move || {
-                util::terminate(&mut child, Duration::from_secs(60))
-            })
-            .await
-            .ok();
-            let total = std::fs::read_to_string(&out).ok().and_then(|t| {
-                t.lines()
-                    .find_map(|l| {
-                        l.strip_prefix("totals:")
-                            .or_else(|| l.strip_prefix("summary:"))
-                    })
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            });
-            keep_profile(&out, target, n);
-            match (ok && answered == n, total) {
-                (true, Some(t)) => totals.push(t),
-                _ => {
-                    report.note(format!("callgrind: {target} run with {n} requests failed"));
-                    return;
-                }
+            (child, Probe::Get(url))
+        })
+        .await;
+        match measured {
+            Ok(v) => per_request.push(v),
+            Err(e) => {
+                report.note(e);
+                return;
             }
         }
-        per_request.push((totals[1] - totals[0]) / (large - small) as f64);
     }
     let (b, s) = (per_request[0], per_request[1]);
     report.row(
@@ -512,6 +492,150 @@ async fn callgrind(options: &Options, report: &mut Report, env: &Env) {
     );
 }
 
+fn callgrind_sizes(options: &Options) -> (usize, usize) {
+    if options.quick {
+        (50, 250)
+    } else {
+        (200, 1200)
+    }
+}
+
+/// What a callgrind run sends: `GET` with the token, or the AppSync `POST`.
+enum Probe {
+    Get(String),
+    Graphql(String),
+}
+
+impl Probe {
+    async fn send(&self, client: &HttpClient, token: &str) -> Result<(u16, Bytes), String> {
+        match self {
+            Self::Get(url) => util::get(client, url, token).await,
+            Self::Graphql(url) => {
+                let headers = [
+                    ("authorization", token),
+                    ("content-type", "application/json"),
+                ];
+                util::send(
+                    client,
+                    "POST",
+                    url,
+                    &headers,
+                    Bytes::from_static(LIST_TODOS.as_bytes()),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Instructions one request costs `target` under callgrind: the difference between a run of
+/// `large` and one of `small` sequential keep-alive requests, divided by the difference (start
+/// and shutdown cancel out). `spawn` starts the target under the valgrind `wrapper` on `port`.
+async fn instructions_per_request(
+    env: &Env,
+    target: &str,
+    (small, large): (usize, usize),
+    spawn: impl Fn(u16, &[String]) -> (Child, Probe),
+) -> Result<f64, String> {
+    let mut totals = Vec::new();
+    for n in [small, large] {
+        let out = env.dir.join(format!("callgrind.{target}.{n}.out"));
+        let wrapper = vec![
+            "valgrind".to_owned(),
+            "--tool=callgrind".to_owned(),
+            format!("--callgrind-out-file={}", out.display()),
+            "--quiet".to_owned(),
+        ];
+        let port = util::free_port();
+        let (mut child, probe) = spawn(port, &wrapper);
+        // A dedicated client: one keep-alive connection, no pooled state from elsewhere.
+        let client = util::client();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut ok = false;
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = probe.send(&client, &env.token).await {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut answered = 0;
+        if ok {
+            for _ in 0..n {
+                if let Ok((200, _)) = probe.send(&client, &env.token).await {
+                    answered += 1;
+                }
+            }
+        }
+        drop(client);
+        tokio::task::spawn_blocking(move || util::terminate(&mut child, Duration::from_secs(60)))
+            .await
+            .ok();
+        let total = std::fs::read_to_string(&out).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| {
+                    l.strip_prefix("totals:")
+                        .or_else(|| l.strip_prefix("summary:"))
+                })
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        keep_profile(&out, target, n);
+        match (ok && answered == n, total) {
+            (true, Some(t)) => totals.push(t),
+            _ => return Err(format!("callgrind: {target} run with {n} requests failed")),
+        }
+    }
+    Ok((totals[1] - totals[0]) / (large - small) as f64)
+}
+
+/// 6 (profile): instructions per forwarded request, credbroker against the minimal proxy.
+async fn callgrind_appsync(options: &Options, report: &mut Report, env: &Env) {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        report.note("valgrind not found; AppSync callgrind profile skipped");
+        return;
+    }
+    let sizes = callgrind_sizes(options);
+    let mut per_request = Vec::new();
+    for target in ["appsync-credbroker", "appsync-proxy"] {
+        let measured = instructions_per_request(env, target, sizes, |port, wrapper| {
+            if target == "appsync-credbroker" {
+                let child = env.spawn_broker(port, wrapper);
+                (
+                    child,
+                    Probe::Graphql(format!("http://127.0.0.1:{port}/appsync/graphql")),
+                )
+            } else {
+                let child = env.spawn_proxy(port, wrapper);
+                (
+                    child,
+                    Probe::Graphql(format!("http://127.0.0.1:{port}/graphql")),
+                )
+            }
+        })
+        .await;
+        match measured {
+            Ok(v) => per_request.push(v),
+            Err(e) => {
+                report.note(e);
+                return;
+            }
+        }
+    }
+    let (b, p) = (per_request[0], per_request[1]);
+    report.row(
+        "6 AppSync",
+        format!(
+            "callgrind: instructions per forwarded request (OIDC mode), sequential keep-alive \
+             ({}−{} requests)",
+            sizes.1, sizes.0
+        ),
+        format!("{b:.0} instr/request"),
+        format!("minimal hyper proxy: {p:.0} instr/request"),
+        format!("{:.2}x the proxy's instructions", b / p),
+        "",
+    );
+}
+
 /// Keeps each run's profile as `target/callgrind.<target>.<requests>.out`, for
 /// `callgrind_annotate` (per-function costs per request: the difference of the two runs).
 fn keep_profile(out: &Path, target: &str, requests: usize) {
@@ -522,30 +646,46 @@ fn keep_profile(out: &Path, target: &str, requests: usize) {
     }
 }
 
-/// 6: p50/p99 added by forwarding through the broker.
+/// 6: p50/p99 added by forwarding through the broker, and by a minimal proxy process.
 async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
+    let proxy_port = util::free_port();
+    let mut proxy = env.spawn_proxy(proxy_port, &[]);
     let direct_url = env.appsync.url().to_owned();
     let broker_url = format!("http://127.0.0.1:{port}/appsync/graphql");
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}/graphql");
     let headers = [
         ("authorization", env.token.as_str()),
         ("content-type", "application/json"),
     ];
     let body = Bytes::from_static(LIST_TODOS.as_bytes());
-    for url in [&direct_url, &broker_url] {
-        match util::send(&env.client, "POST", url, &headers, body.clone()).await {
-            Ok((200, _)) => {}
-            other => {
-                report.note(format!("appsync: {url} answered {other:?}; figure skipped"));
-                return;
+    let started = Instant::now();
+    for url in [&direct_url, &broker_url, &proxy_url] {
+        loop {
+            match util::send(&env.client, "POST", url, &headers, body.clone()).await {
+                Ok((200, _)) => break,
+                // The proxy may still be starting.
+                _ if url == &proxy_url && started.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => {
+                    report.note(format!("appsync: {url} answered {other:?}; figure skipped"));
+                    util::terminate(&mut proxy, Duration::from_secs(5));
+                    return;
+                }
             }
         }
     }
     let mut direct = Vec::new();
     let mut forwarded = Vec::new();
+    let mut proxied = Vec::new();
     let chunk = 100.min(options.appsync_requests);
     let mut done = 0;
     while done < options.appsync_requests {
-        for (url, samples) in [(&direct_url, &mut direct), (&broker_url, &mut forwarded)] {
+        for (url, samples) in [
+            (&direct_url, &mut direct),
+            (&broker_url, &mut forwarded),
+            (&proxy_url, &mut proxied),
+        ] {
             for _ in 0..chunk {
                 let started = Instant::now();
                 let r = util::send(&env.client, "POST", url, &headers, body.clone()).await;
@@ -556,23 +696,35 @@ async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
         }
         done += chunk;
     }
-    direct.sort();
-    forwarded.sort();
+    util::terminate(&mut proxy, Duration::from_secs(5));
+    for samples in [&mut direct, &mut forwarded, &mut proxied] {
+        samples.sort();
+    }
     let (d50, d99) = (quantile(&direct, 0.5), quantile(&direct, 0.99));
     let (f50, f99) = (quantile(&forwarded, 0.5), quantile(&forwarded, 0.99));
+    let (p50, p99) = (quantile(&proxied, 0.5), quantile(&proxied, 0.99));
     report.row(
         "6 AppSync",
         format!(
             "POST /appsync/graphql (OIDC mode, listTodos), sequential keep-alive, {} requests each, \
              interleaved in chunks of {chunk}",
-            direct.len().min(forwarded.len())
+            direct.len().min(forwarded.len()).min(proxied.len())
         ),
         format!("through credbroker: p50 {}, p99 {}", fmt_duration(f50), fmt_duration(f99)),
-        format!("emulated AppSync directly: p50 {}, p99 {}", fmt_duration(d50), fmt_duration(d99)),
         format!(
-            "added p50 {}, p99 {}",
+            "emulated AppSync directly: p50 {}, p99 {}; through a minimal hyper proxy: p50 {}, \
+             p99 {}",
+            fmt_duration(d50),
+            fmt_duration(d99),
+            fmt_duration(p50),
+            fmt_duration(p99)
+        ),
+        format!(
+            "added p50 {}, p99 {} (the minimal proxy adds p50 {}, p99 {})",
             fmt_signed(f50, d50),
-            fmt_signed(f99, d99)
+            fmt_signed(f99, d99),
+            fmt_signed(p50, d50),
+            fmt_signed(p99, d99)
         ),
         "",
     );

@@ -15,6 +15,7 @@
 //!   generic dashboards and alerts apply.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,6 +49,11 @@ impl Surface {
         Self::Appsync,
         Self::Sessions,
     ];
+
+    /// Its position in [`Surface::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -160,14 +166,43 @@ pub struct Inner {
     pub shared: SharedMetrics,
 }
 
+/// The `outcome` values of `credbroker_appsync_upstream_responses_total`.
+pub const APPSYNC_OUTCOMES: [&str; 6] = ["2xx", "3xx", "4xx", "5xx", "unreachable", "timeout"];
+
+/// One AppSync API's upstream series ([`Metrics::appsync_api`]).
+#[derive(Clone)]
+pub struct AppSyncApiMetrics {
+    /// `appsync_upstream_duration_seconds{api}`.
+    pub latency: Histogram,
+    /// `appsync_upstream_responses_total{api, outcome}`, in [`APPSYNC_OUTCOMES`] order.
+    pub outcomes: [IntCounter; 6],
+}
+
+impl AppSyncApiMetrics {
+    /// Counts one answer (or its absence) under `outcome`, one of [`APPSYNC_OUTCOMES`].
+    pub fn count(&self, outcome: &str) {
+        if let Some(i) = APPSYNC_OUTCOMES.iter().position(|o| *o == outcome)
+            && let Some(c) = self.outcomes.get(i)
+        {
+            c.inc();
+        }
+    }
+}
+
+impl fmt::Debug for AppSyncApiMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AppSyncApiMetrics")
+    }
+}
+
 /// Handles for the cached-credentials path, resolved once.
 pub struct HotPath {
     /// `cache_lookups{result="hit"}`.
     pub cache_hit: IntCounter,
-    /// `requests{surface="container",status="200"}`.
-    pub container_ok: IntCounter,
-    /// `request_duration_seconds{surface="container"}`.
-    pub container_latency: Histogram,
+    /// `requests{surface,status="200"}`, by [`Surface::index`].
+    pub ok: [IntCounter; 5],
+    /// `request_duration_seconds{surface}`, by [`Surface::index`].
+    pub latency: [Histogram; 5],
     /// `token_validations{outcome="cached"}` is per provider; resolved lazily per provider.
     pub token_cached: Vec<(String, IntCounter)>,
 }
@@ -495,8 +530,8 @@ impl HotPath {
     ) -> Self {
         Self {
             cache_hit: cache_lookups.with_label_values(&["hit"]),
-            container_ok: requests.with_label_values(&[Surface::Container.as_str(), "200"]),
-            container_latency: request_latency.with_label_values(&[Surface::Container.as_str()]),
+            ok: Surface::ALL.map(|s| requests.with_label_values(&[s.as_str(), "200"])),
+            latency: Surface::ALL.map(|s| request_latency.with_label_values(&[s.as_str()])),
             token_cached: providers
                 .iter()
                 .map(|p| {
@@ -596,23 +631,26 @@ impl Metrics {
     pub fn record_request(&self, surface: Surface, status: &str, started: Instant) {
         let m = &self.inner;
         let elapsed = started.elapsed().as_secs_f64();
-        if surface == Surface::Container {
-            if status == "200" {
-                m.hot.container_ok.inc();
-            } else {
-                m.requests
-                    .with_label_values(&[surface.as_str(), status])
-                    .inc();
-            }
-            m.hot.container_latency.observe(elapsed);
-            return;
+        match m.hot.ok.get(surface.index()) {
+            Some(ok) if status == "200" => ok.inc(),
+            _ => m
+                .requests
+                .with_label_values(&[surface.as_str(), status])
+                .inc(),
         }
-        m.requests
-            .with_label_values(&[surface.as_str(), status])
-            .inc();
-        m.request_latency
-            .with_label_values(&[surface.as_str()])
-            .observe(elapsed);
+        if let Some(latency) = m.hot.latency.get(surface.index()) {
+            latency.observe(elapsed);
+        }
+    }
+
+    /// The upstream series of the AppSync API `api`, resolved once by the caller that keeps
+    /// them (the forwarder, per API).
+    pub fn appsync_api(&self, api: &str) -> AppSyncApiMetrics {
+        let m = &self.inner;
+        AppSyncApiMetrics {
+            latency: m.appsync_upstream_latency.with_label_values(&[api]),
+            outcomes: APPSYNC_OUTCOMES.map(|o| m.appsync_upstream.with_label_values(&[api, o])),
+        }
     }
 
     /// Credential sets handed out, by surface (surfaces with none left out).

@@ -39,7 +39,7 @@ use super::operations::{self, OperationError};
 use crate::clock;
 use crate::config::{AppSyncApiConfig, AppSyncConfig};
 use crate::http::{HttpsClient, error_chain};
-use crate::metrics::Metrics;
+use crate::metrics::{AppSyncApiMetrics, Metrics};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// proxy-era ones clients still send.
@@ -76,6 +76,8 @@ pub struct Api {
     uri: http::Uri,
     /// `host[:port]` as the `Host` header (and SigV4's canonical host) carries it.
     authority: HeaderValue,
+    /// Its upstream series, resolved on its first request.
+    metrics: std::sync::OnceLock<AppSyncApiMetrics>,
 }
 
 impl Api {
@@ -90,6 +92,7 @@ impl Api {
             uri: url.as_str().parse().ok()?,
             authority: HeaderValue::from_str(&authority).ok()?,
             config: config.clone(),
+            metrics: std::sync::OnceLock::new(),
         })
     }
 
@@ -277,19 +280,13 @@ impl Forwarder {
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
         let elapsed = started.elapsed().as_secs_f64();
-        metrics
-            .appsync_upstream_latency
-            .with_label_values(&[api.name()])
-            .observe(elapsed);
-        let outcome = match &result {
+        let series = api.metrics.get_or_init(|| metrics.appsync_api(api.name()));
+        series.latency.observe(elapsed);
+        series.count(match &result {
             Ok(Ok(r)) => status_class(r.status().as_u16()),
             Ok(Err(_)) => "unreachable",
             Err(_) => "timeout",
-        };
-        metrics
-            .appsync_upstream
-            .with_label_values(&[api.name(), outcome])
-            .inc();
+        });
         match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(ForwardError::Unreachable(error_chain(&e))),

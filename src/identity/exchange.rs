@@ -67,7 +67,7 @@ impl Shared {
             return None;
         }
         let applies = match f.token_digest {
-            Some(digest) => digest == token.digest,
+            Some(digest) => digest == token.digest(),
             None => true,
         };
         applies.then(|| FetchError {
@@ -233,7 +233,7 @@ impl Shared {
         *lock(&entry.failure) = Some(Box::new(Failure {
             until,
             error: e.clone(),
-            token_digest: terminal.then_some(token.digest),
+            token_digest: terminal.then(|| token.digest()),
         }));
         entry.set_state(State::Failing);
         let servable = entry

@@ -84,10 +84,11 @@ impl Policy {
 pub struct Issued {
     identity_id: Arc<str>,
     body: Bytes,
-    access_key_id: Range<usize>,
-    secret_access_key: Range<usize>,
-    token: Range<usize>,
-    expiration: Range<usize>,
+    /// Where each field sits in `body` (32-bit offsets: a body is a few KB).
+    access_key_id: Range<u32>,
+    secret_access_key: Range<u32>,
+    token: Range<u32>,
+    expiration: Range<u32>,
     /// When Cognito says they expire.
     pub expires_at: SystemTime,
     /// When credbroker received them.
@@ -160,11 +161,13 @@ impl Issued {
             + raw.session_token.len()
             + account_id.map_or(0, |a| 16 + a.len());
         let mut body = Vec::with_capacity(capacity);
-        let field = |body: &mut Vec<u8>, prefix: &str, value: &str| -> Range<usize> {
+        // An offset past 4 GiB (never: Cognito's fields are a few KB) reads back as "".
+        let offset = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let field = |body: &mut Vec<u8>, prefix: &str, value: &str| -> Range<u32> {
             body.extend_from_slice(prefix.as_bytes());
-            let start = body.len();
+            let start = offset(body.len());
             body.extend_from_slice(value.as_bytes());
-            let range = start..body.len();
+            let range = start..offset(body.len());
             body.push(b'"');
             range
         };
@@ -195,9 +198,9 @@ impl Issued {
         })
     }
 
-    pub(super) fn slice(&self, r: &Range<usize>) -> &str {
+    pub(super) fn slice(&self, r: &Range<u32>) -> &str {
         self.body
-            .get(r.clone())
+            .get(r.start as usize..r.end as usize)
             .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or_default()
     }

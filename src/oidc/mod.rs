@@ -94,9 +94,6 @@ pub struct VerifiedToken {
     pub expires_at: SystemTime,
     /// The token itself, for Cognito's `Logins` map.
     pub raw: SecretString,
-    /// SHA-256 of the raw token, never logged: the identity cache's failure memory tells tokens
-    /// apart by it (the verified-token cache uses a cheaper keyed hash, see [`Validator`]).
-    pub digest: [u8; 32],
     /// The OAuth client the token was issued to: `azp` when present, else the first `aud` that
     /// is one of the provider's accepted audiences (the client a refresh token belongs to).
     pub client_id: Arc<str>,
@@ -106,6 +103,15 @@ pub struct VerifiedToken {
     /// the token's identity, so a cached request looks up the token only (one lookup, not
     /// two). Weak: the identity holds the token.
     pub resolved: OnceLock<Weak<dyn Any + Send + Sync>>,
+}
+
+impl VerifiedToken {
+    /// SHA-256 of the raw token, never logged: the identity cache's failure memory and the
+    /// real-time relay tell tokens apart by it. Computed when asked (cold paths only), not
+    /// held: 32 bytes less per cached identity.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.raw.expose_str().as_bytes()).into()
+    }
 }
 
 impl fmt::Debug for VerifiedToken {
@@ -246,9 +252,8 @@ impl Validator {
             Memoized::Unknown { lookup, now } => (lookup, now),
         };
         let mut provider_name = None;
-        let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
         let result = self
-            .validate_uncached(raw, digest, now, &mut provider_name)
+            .validate_uncached(raw, now, &mut provider_name)
             .await;
         match result {
             Ok(token) => {
@@ -356,7 +361,6 @@ pub(crate) fn test_token(
         provider,
         subject: subject.into(),
         expires_at,
-        digest: Sha256::digest(raw.as_bytes()).into(),
         raw: raw.into(),
         client_id: "client".into(),
         generation: 0,

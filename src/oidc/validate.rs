@@ -195,7 +195,6 @@ impl Validator {
     pub(super) async fn validate_uncached(
         &self,
         raw: &str,
-        digest: [u8; 32],
         now: SystemTime,
         provider_name: &mut Option<String>,
     ) -> Result<Arc<VerifiedToken>, TokenError> {
@@ -258,7 +257,6 @@ impl Validator {
             subject: subject.into(),
             expires_at: exp,
             raw: SecretString::from(raw),
-            digest,
             client_id,
             generation,
             resolved: std::sync::OnceLock::new(),

@@ -378,7 +378,7 @@ fn not_a_signature(token: &str) -> Result<&str, ErrorReply> {
 fn id_token_credential(token: &VerifiedToken) -> Credential {
     Credential::IdToken {
         raw: token.raw.clone(),
-        digest: token.digest,
+        digest: token.digest(),
         expires_at: token.expires_at,
     }
 }

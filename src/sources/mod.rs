@@ -213,13 +213,12 @@ impl SourceDriver {
     async fn attempt(&self) -> Result<Arc<VerifiedToken>, SourceError> {
         let raw = self.source.fetch(&self.provider).await?;
         let current = self.status.borrow().token.clone();
-        if let Some(current) = current {
-            let digest: [u8; 32] =
-                <sha2::Sha256 as sha2::Digest>::digest(raw.expose_str().as_bytes()).into();
-            if digest == current.digest && current.expires_at > self.clock.now() {
-                self.touch(&current);
-                return Ok(current);
-            }
+        if let Some(current) = current
+            && current.raw.ct_eq(raw.expose_str())
+            && current.expires_at > self.clock.now()
+        {
+            self.touch(&current);
+            return Ok(current);
         }
         let token = self
             .validator

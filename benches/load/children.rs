@@ -344,7 +344,7 @@ max_identities = {cap}
         // signing 100k RS256 tokens would take minutes. The broker keeps the raw token either
         // way, so only the length matters for memory.
         let rs_len = issuer.token_for("auth0|memory-000000").len();
-        let es = |sub: &str, pad: usize| {
+        let es = |issuer: &OidcIssuer, sub: &str, pad: usize| {
             let mut spec = TokenSpec::for_subject(sub);
             spec.alg = SigningAlg::Es256;
             spec.extra_claims
@@ -353,13 +353,13 @@ max_identities = {cap}
         };
         let mut pad = 0usize;
         for _ in 0..4 {
-            let len = es("auth0|memory-000000", pad).len();
+            let len = es(&issuer, "auth0|memory-000000", pad).len();
             if len >= rs_len {
                 break;
             }
             pad += (rs_len - len) * 3 / 4 + 1;
         }
-        let token_len = es("auth0|memory-000000", pad).len();
+        let token_len = es(&issuer, "auth0|memory-000000", pad).len();
 
         let settle = || {
             broker.identities.len();
@@ -369,25 +369,25 @@ max_identities = {cap}
         let mut points = vec![(0usize, util::rss_bytes())];
         let mut have = 0usize;
         for &target in &counts {
-            // Two tasks, so both cores work; tokens are minted, used and dropped.
-            let b = broker.clone();
-            let mk = &es;
+            // Two tasks on the runtime's workers, where the daemon's requests run, so both
+            // cores work; tokens are minted, used and dropped.
             let work = |range: std::ops::Range<usize>| {
-                let b = b.clone();
-                async move {
+                let b = broker.clone();
+                let issuer = issuer.clone();
+                tokio::spawn(async move {
                     for i in range {
-                        let t = mk(&format!("auth0|memory-{i:06}"), pad);
+                        let t = es(&issuer, &format!("auth0|memory-{i:06}"), pad);
                         b.credentials(&t, Surface::Container)
                             .await
                             .map_err(|e| e.to_string())?;
                     }
                     Ok::<(), String>(())
-                }
+                })
             };
             let mid = have + (target - have) / 2;
             let (a, c) = tokio::join!(work(have..mid), work(mid..target));
-            a?;
-            c?;
+            a.map_err(|e| e.to_string())??;
+            c.map_err(|e| e.to_string())??;
             have = target;
             settle();
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -9,7 +9,10 @@
 # the callgrind instruction counts), CB_BENCH_OUT (where BENCHMARKS.md goes), CB_BENCH_ONLY=fleet
 # (only the fleet-mode rows: 3 replicas with and without the shared tier, needs redis-server),
 # CB_BENCH_ONLY=realtime (only the real-time rows: subscription event latency through credbroker
-# vs straight to the emulated AppSync, and memory per idle subscribed connection).
+# vs straight to the emulated AppSync, and memory per idle subscribed connection),
+# CB_BENCH_ONLY=hotpath (only row 1, its callgrind profiles kept in target/),
+# CB_BENCH_ONLY=appsync (only row 6: OIDC and IAM mode, the minimal-proxy baseline and its
+# callgrind profiles kept in target/), CB_BENCH_ONLY=processes (only row 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -33,7 +33,7 @@ use upstream::{
     Upstream, UpstreamChild, broker_toml, ensure_open_files, spawn_broker, spawn_upstream,
 };
 
-mod client;
+pub(crate) mod client;
 mod upstream;
 
 pub use upstream::upstream_child;

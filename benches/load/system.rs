@@ -164,6 +164,11 @@ url = "{appsync_url}"
 region = "{appsync_region}"
 auth = "oidc"
 default = true
+
+[appsync.apis.bench-iam]
+url = "{appsync_url}"
+region = "{appsync_region}"
+auth = "iam"
 "#,
         issuer = issuer.issuer(),
         aud = issuer.audience(),
@@ -208,6 +213,7 @@ pub async fn run(options: &Options, report: &mut Report) {
     }
     if !options.hot_path_only {
         appsync(options, report, &env, port).await;
+        appsync_iam(options, report, &env, port).await;
         if options.callgrind {
             callgrind_appsync(options, report, &env).await;
         }
@@ -725,6 +731,125 @@ async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
             fmt_signed(f99, d99),
             fmt_signed(p50, d50),
             fmt_signed(p99, d99)
+        ),
+        "",
+    );
+}
+
+/// 6 (IAM mode): credbroker signs with the caller's credentials, against the app signing
+/// each request itself (SigV4 with the same credentials, from the container endpoint) and
+/// sending it to the emulated AppSync directly.
+async fn appsync_iam(options: &Options, report: &mut Report, env: &Env, port: u16) {
+    let broker = format!("127.0.0.1:{port}");
+    let direct_url = env.appsync.url().to_owned();
+    let broker_url = format!("http://{broker}/appsync/bench-iam/graphql");
+    let Ok(authority) = direct_url
+        .parse::<http::Uri>()
+        .map_err(|e| e.to_string())
+        .and_then(|u| {
+            u.authority()
+                .map(|a| a.to_string())
+                .ok_or("no host".to_owned())
+        })
+    else {
+        report.note("appsync (IAM): the emulator URL has no host; figure skipped");
+        return;
+    };
+    let credentials =
+        match crate::realtime::client::credentials(&env.client, &broker, &env.token).await {
+            Ok(c) => c,
+            Err(e) => {
+                report.note(format!(
+                    "appsync (IAM): no credentials: {e}; figure skipped"
+                ));
+                return;
+            }
+        };
+    let region = env.appsync.region().to_owned();
+    let token_headers = [
+        ("authorization", env.token.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let signed = || {
+        crate::realtime::client::sigv4(
+            &credentials,
+            &region,
+            &direct_url,
+            &[
+                ("content-type", "application/json"),
+                ("host", authority.as_str()),
+            ],
+            LIST_TODOS,
+        )
+    };
+    let body = Bytes::from_static(LIST_TODOS.as_bytes());
+    let mut direct = Vec::new();
+    let mut forwarded = Vec::new();
+    let chunk = 100.min(options.appsync_requests);
+    let mut done = 0;
+    while done < options.appsync_requests {
+        for _ in 0..chunk {
+            let started = Instant::now();
+            let Ok(headers) = signed() else { continue };
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let r = util::send(&env.client, "POST", &direct_url, &headers, body.clone()).await;
+            if matches!(r, Ok((200, _))) {
+                direct.push(started.elapsed());
+            }
+        }
+        for _ in 0..chunk {
+            let started = Instant::now();
+            let r = util::send(
+                &env.client,
+                "POST",
+                &broker_url,
+                &token_headers,
+                body.clone(),
+            )
+            .await;
+            if matches!(r, Ok((200, _))) {
+                forwarded.push(started.elapsed());
+            }
+        }
+        done += chunk;
+    }
+    if direct.len() < options.appsync_requests / 2 || forwarded.len() < options.appsync_requests / 2
+    {
+        report.note(format!(
+            "appsync (IAM): only {} direct and {} forwarded requests answered 200; figure skipped",
+            direct.len(),
+            forwarded.len()
+        ));
+        return;
+    }
+    direct.sort();
+    forwarded.sort();
+    let (d50, d99) = (quantile(&direct, 0.5), quantile(&direct, 0.99));
+    let (f50, f99) = (quantile(&forwarded, 0.5), quantile(&forwarded, 0.99));
+    report.row(
+        "6 AppSync",
+        format!(
+            "POST /appsync/bench-iam/graphql (IAM mode: credbroker signs SigV4 with the caller's \
+             credentials), {} requests each, interleaved in chunks of {chunk}",
+            direct.len().min(forwarded.len())
+        ),
+        format!(
+            "through credbroker: p50 {}, p99 {}",
+            fmt_duration(f50),
+            fmt_duration(f99)
+        ),
+        format!(
+            "the app signing itself, to the emulated AppSync directly: p50 {}, p99 {}",
+            fmt_duration(d50),
+            fmt_duration(d99)
+        ),
+        format!(
+            "added p50 {}, p99 {}",
+            fmt_signed(f50, d50),
+            fmt_signed(f99, d99)
         ),
         "",
     );

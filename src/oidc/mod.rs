@@ -252,9 +252,7 @@ impl Validator {
             Memoized::Unknown { lookup, now } => (lookup, now),
         };
         let mut provider_name = None;
-        let result = self
-            .validate_uncached(raw, now, &mut provider_name)
-            .await;
+        let result = self.validate_uncached(raw, now, &mut provider_name).await;
         match result {
             Ok(token) => {
                 self.metrics

@@ -127,7 +127,7 @@ pub(super) fn token_route(url: String, token: &str, host: &str) -> Route {
 }
 
 /// SigV4 headers for `POST url` with `body` and the `fixed` headers (which are included).
-pub(super) fn sigv4(
+pub(crate) fn sigv4(
     credentials: &Credentials,
     region: &str,
     url: &str,
@@ -189,7 +189,7 @@ pub(super) fn iam_direct_route(u: &Upstream, c: &Credentials) -> Result<Route, S
 }
 
 /// The caller's AWS credentials, from the broker's container endpoint.
-pub(super) async fn credentials(
+pub(crate) async fn credentials(
     client: &HttpClient,
     broker: &str,
     token: &str,

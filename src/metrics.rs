@@ -200,9 +200,9 @@ pub struct HotPath {
     /// `cache_lookups{result="hit"}`.
     pub cache_hit: IntCounter,
     /// `requests{surface,status="200"}`, by [`Surface::index`].
-    pub ok: [IntCounter; 5],
+    pub ok: [IntCounter; Surface::ALL.len()],
     /// `request_duration_seconds{surface}`, by [`Surface::index`].
-    pub latency: [Histogram; 5],
+    pub latency: [Histogram; Surface::ALL.len()],
     /// `token_validations{outcome="cached"}` is per provider; resolved lazily per provider.
     pub token_cached: Vec<(String, IntCounter)>,
 }

@@ -105,12 +105,19 @@ pub fn run(options: &Options, report: &mut Report) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// baseline-server
+// The baselines' HTTP/1 server
 
-fn baseline_server(port: u16, token_file: &str, body_file: &str) -> Result<(), String> {
-    let token = std::fs::read(token_file).map_err(|e| format!("{token_file}: {e}"))?;
-    let body = Bytes::from(std::fs::read(body_file).map_err(|e| format!("{body_file}: {e}"))?);
-    // The same runtime credbroker's main builds.
+/// Serves `service(request)` on 127.0.0.1:`port` until SIGTERM, with the runtime credbroker's
+/// main builds and the HTTP/1 settings of credbroker's listener (server::serve_with).
+fn serve_baseline<F, Fut, B, E>(port: u16, service: F) -> Result<(), String>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,14 +127,12 @@ fn baseline_server(port: u16, token_file: &str, body_file: &str) -> Result<(), S
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("bind {addr}: {e}"))?;
-        // The same HTTP/1 settings as credbroker's listener (server::serve_with).
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(10))
             .max_buf_size(16 * 1024)
             .keep_alive(true);
-        let token: Arc<[u8]> = token.into();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| e.to_string())?;
         loop {
@@ -136,34 +141,44 @@ fn baseline_server(port: u16, token_file: &str, body_file: &str) -> Result<(), S
                 a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
             };
             let _ = stream.set_nodelay(true);
-            let token = token.clone();
-            let body = body.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                // Plain (memcmp) equality, the cheapest check a minimal server would do. A
-                // constant-time comparison (subtle) costs ~12k instructions per request for an
-                // 850-byte token and would flatter credbroker's ratio.
-                let authorized = req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .is_some_and(|v| v.as_bytes() == &token[..]);
-                let response = if authorized {
-                    Response::builder()
-                        .status(StatusCode::OK)
-                        .header(header::CONTENT_TYPE, "application/json")
-                        .header(header::CACHE_CONTROL, "no-store")
-                        .body(Full::new(body.clone()))
-                } else {
-                    Response::builder()
-                        .status(StatusCode::UNAUTHORIZED)
-                        .body(Full::new(Bytes::from_static(b"{}")))
-                };
-                async move { response }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder.serve_connection(
+                TokioIo::new(stream),
+                hyper::service::service_fn(service.clone()),
+            );
             tokio::spawn(async move {
                 let _ = conn.await;
             });
         }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// baseline-server
+
+fn baseline_server(port: u16, token_file: &str, body_file: &str) -> Result<(), String> {
+    let token = std::fs::read(token_file).map_err(|e| format!("{token_file}: {e}"))?;
+    let body = Bytes::from(std::fs::read(body_file).map_err(|e| format!("{body_file}: {e}"))?);
+    let token: Arc<[u8]> = token.into();
+    serve_baseline(port, move |req: Request<Incoming>| {
+        // Plain (memcmp) equality, the cheapest check a minimal server would do. A
+        // constant-time comparison (subtle) costs ~12k instructions per request for an
+        // 850-byte token and would flatter credbroker's ratio.
+        let authorized = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == &token[..]);
+        let response = if authorized {
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(Full::new(body.clone()))
+        } else {
+            Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .body(Full::new(Bytes::from_static(b"{}")))
+        };
+        async move { response }
     })
 }
 
@@ -173,61 +188,29 @@ fn baseline_server(port: u16, token_file: &str, body_file: &str) -> Result<(), S
 fn proxy_baseline(port: u16, upstream: &str) -> Result<(), String> {
     use http_body_util::BodyExt as _;
     let upstream: http::Uri = upstream.parse().map_err(|e| format!("{upstream}: {e}"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async move {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("bind {addr}: {e}"))?;
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .max_buf_size(16 * 1024)
-            .keep_alive(true);
-        let client = util::client();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| e.to_string())?;
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = term.recv() => return Ok(()),
-                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+    let client = util::client();
+    serve_baseline(port, move |req: Request<Incoming>| {
+        let client = client.clone();
+        let upstream = upstream.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return Ok(bad_gateway()),
             };
-            let _ = stream.set_nodelay(true);
-            let client = client.clone();
-            let upstream = upstream.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let client = client.clone();
-                let upstream = upstream.clone();
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let body = match body.collect().await {
-                        Ok(b) => b.to_bytes(),
-                        Err(_) => return Ok(bad_gateway()),
-                    };
-                    let mut out = Request::new(Full::new(body));
-                    *out.method_mut() = parts.method;
-                    *out.uri_mut() = upstream;
-                    let headers = out.headers_mut();
-                    for (name, value) in &parts.headers {
-                        if name != header::HOST {
-                            headers.append(name.clone(), value.clone());
-                        }
-                    }
-                    let answer = match client.request(out).await {
-                        Ok(r) => r.map(http_body_util::Either::Left),
-                        Err(_) => bad_gateway(),
-                    };
-                    Ok::<_, std::convert::Infallible>(answer)
+            let mut out = Request::new(Full::new(body));
+            *out.method_mut() = parts.method;
+            *out.uri_mut() = upstream;
+            let headers = out.headers_mut();
+            for (name, value) in &parts.headers {
+                if name != header::HOST {
+                    headers.append(name.clone(), value.clone());
                 }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            }
+            Ok::<_, std::convert::Infallible>(match client.request(out).await {
+                Ok(r) => r.map(http_body_util::Either::Left),
+                Err(_) => bad_gateway(),
+            })
         }
     })
 }

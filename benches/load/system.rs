@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use credbroker::clock::SharedClock;
 use credbroker_emulators::appsync::{AppSyncEmulator, AppSyncOptions};
-use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
-use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer};
+use credbroker_emulators::cognito::CognitoEmulator;
+use credbroker_emulators::oidc::OidcIssuer;
 use futures_util::StreamExt as _;
 
 use crate::Options;
@@ -33,17 +33,8 @@ struct Env {
 
 impl Env {
     async fn start() -> Self {
+        let (issuer, cognito) = util::issuer_and_cognito(Duration::ZERO).await;
         let clock: SharedClock = credbroker::clock::system();
-        let issuer = OidcIssuer::start(IssuerOptions::default(), clock.clone())
-            .await
-            .expect("issuer");
-        let cognito = CognitoEmulator::start(
-            CognitoOptions::default(),
-            vec![TrustedProvider::for_issuer(&issuer)],
-            clock.clone(),
-        )
-        .await
-        .expect("cognito");
         let appsync =
             AppSyncEmulator::start(AppSyncOptions::for_emulators(&issuer, &cognito), clock)
                 .await
@@ -450,19 +441,18 @@ async fn hot_path(options: &Options, report: &mut Report, env: &Env, url: &str) 
 /// twice, answering `small` and then `large` requests after its first 200; the difference of the
 /// two totals divided by `large - small` cancels start-up and the first exchange.
 async fn callgrind(options: &Options, report: &mut Report, env: &Env) {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        report.note("valgrind not found; callgrind profile skipped");
-        return;
-    }
     let body_file = env.dir.join("body.json");
     if !body_file.exists() {
         report.note("callgrind: no response body recorded by the hot-path phase; skipped");
         return;
     }
     let (small, large) = callgrind_sizes(options);
-    let mut per_request = Vec::new();
-    for target in ["credbroker", "baseline"] {
-        let measured = instructions_per_request(env, target, (small, large), |port, wrapper| {
+    let Some((b, s)) = compare_instructions(
+        options,
+        report,
+        env,
+        ["credbroker", "baseline"],
+        |target, port, wrapper| {
             let child = if target == "credbroker" {
                 env.spawn_broker(port, wrapper)
             } else {
@@ -470,17 +460,12 @@ async fn callgrind(options: &Options, report: &mut Report, env: &Env) {
             };
             let url = format!("http://127.0.0.1:{port}/v1/credentials");
             (child, Probe::Get(url))
-        })
-        .await;
-        match measured {
-            Ok(v) => per_request.push(v),
-            Err(e) => {
-                report.note(e);
-                return;
-            }
-        }
-    }
-    let (b, s) = (per_request[0], per_request[1]);
+        },
+    )
+    .await
+    else {
+        return;
+    };
     report.row(
         "1 hot path",
         format!(
@@ -496,6 +481,37 @@ async fn callgrind(options: &Options, report: &mut Report, env: &Env) {
         ),
         "",
     );
+}
+
+/// Instructions per request of two targets under callgrind ([`instructions_per_request`]),
+/// or `None` with a note saying why not (no valgrind, a failed run).
+async fn compare_instructions(
+    options: &Options,
+    report: &mut Report,
+    env: &Env,
+    targets: [&str; 2],
+    spawn: impl Fn(&str, u16, &[String]) -> (Child, Probe),
+) -> Option<(f64, f64)> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        report.note("valgrind not found; callgrind profile skipped");
+        return None;
+    }
+    let sizes = callgrind_sizes(options);
+    let mut per_request = Vec::new();
+    for target in targets {
+        match instructions_per_request(env, target, sizes, |port, wrapper| {
+            spawn(target, port, wrapper)
+        })
+        .await
+        {
+            Ok(v) => per_request.push(v),
+            Err(e) => {
+                report.note(e);
+                return None;
+            }
+        }
+    }
+    Some((per_request[0], per_request[1]))
 }
 
 fn callgrind_sizes(options: &Options) -> (usize, usize) {
@@ -596,38 +612,26 @@ async fn instructions_per_request(
 
 /// 6 (profile): instructions per forwarded request, credbroker against the minimal proxy.
 async fn callgrind_appsync(options: &Options, report: &mut Report, env: &Env) {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        report.note("valgrind not found; AppSync callgrind profile skipped");
-        return;
-    }
     let sizes = callgrind_sizes(options);
-    let mut per_request = Vec::new();
-    for target in ["appsync-credbroker", "appsync-proxy"] {
-        let measured = instructions_per_request(env, target, sizes, |port, wrapper| {
+    let Some((b, p)) = compare_instructions(
+        options,
+        report,
+        env,
+        ["appsync-credbroker", "appsync-proxy"],
+        |target, port, wrapper| {
             if target == "appsync-credbroker" {
-                let child = env.spawn_broker(port, wrapper);
-                (
-                    child,
-                    Probe::Graphql(format!("http://127.0.0.1:{port}/appsync/graphql")),
-                )
+                let url = format!("http://127.0.0.1:{port}/appsync/graphql");
+                (env.spawn_broker(port, wrapper), Probe::Graphql(url))
             } else {
-                let child = env.spawn_proxy(port, wrapper);
-                (
-                    child,
-                    Probe::Graphql(format!("http://127.0.0.1:{port}/graphql")),
-                )
+                let url = format!("http://127.0.0.1:{port}/graphql");
+                (env.spawn_proxy(port, wrapper), Probe::Graphql(url))
             }
-        })
-        .await;
-        match measured {
-            Ok(v) => per_request.push(v),
-            Err(e) => {
-                report.note(e);
-                return;
-            }
-        }
-    }
-    let (b, p) = (per_request[0], per_request[1]);
+        },
+    )
+    .await
+    else {
+        return;
+    };
     report.row(
         "6 AppSync",
         format!(

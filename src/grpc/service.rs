@@ -386,8 +386,9 @@ impl Watch {
                 }
                 changed = self.subscription.updates.changed() => {
                     if changed.is_err() {
+                        // The identity was dropped.
                         self.done = true;
-                        return Some(Err(evicted()));
+                        return Some(Err(self.identity_gone()));
                     }
                     let latest = self.subscription.updates.borrow_and_update().clone();
                     if let Some(issued) = latest
@@ -439,6 +440,16 @@ impl Watch {
         )
     }
 
+    /// Why the stream ends now that its identity left the cache: a session's revocation (which
+    /// cancels the session, then evicts its identity, so a watcher can see both at once) says
+    /// why if there was one; else the identity was evicted (a logout by another caller).
+    fn identity_gone(&self) -> Status {
+        match &self.caller.session {
+            Some(s) if s.revoked().is_cancelled() => self.session_gone(),
+            _ => evicted(),
+        }
+    }
+
     /// Why the stream must end now, if it must.
     fn ended(&self) -> Option<Status> {
         if self
@@ -450,7 +461,7 @@ impl Watch {
             return Some(self.session_gone());
         }
         if !self.alive() {
-            return Some(evicted());
+            return Some(self.identity_gone());
         }
         let now = self.broker.clock().now();
         if now < self.deadline() {

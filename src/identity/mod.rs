@@ -33,7 +33,8 @@
 //!   after its `refresh_at` starts the renewal at once;
 //! - **idle eviction**: an identity without callers for `cache.idle_timeout` is not renewed and
 //!   is removed at its next scheduled wake-up;
-//! - bounded: at most `cache.max_identities` entries.
+//! - **bounded**: at most `cache.max_identities` entries; a new identity in a full cache evicts
+//!   the one asked for least recently, held ones last (`table.rs`).
 //!
 //! Words: *renew* is a new `GetCredentialsForIdentity` ahead of expiry (config keys and metrics
 //! keep their `refresh_*` names); *redeem* is a refresh token turned into an ID token
@@ -64,6 +65,7 @@ mod exchange;
 mod issued;
 mod scheduler;
 mod slots;
+mod table;
 
 pub use exchange::FetchError;
 pub use issued::{IssueError, Issued, Plan, Policy};
@@ -389,8 +391,9 @@ pub struct IdentityCache {
 
 struct Shared {
     /// Hashed with foldhash (seeded per process), not SipHash: the key is hashed on every
-    /// request, and SipHash over its four strings was ~1,300 instructions (callgrind).
-    cache: moka::sync::Cache<IdentityKey, Arc<Identity>, foldhash::quality::RandomState>,
+    /// request that brings a token not seen yet, and SipHash over its four strings was ~1,300
+    /// instructions (callgrind).
+    cache: table::Table,
     exchanger: Exchanger,
     policy: Policy,
     config: CacheConfig,
@@ -419,7 +422,7 @@ static CACHE_IDS: AtomicU64 = AtomicU64::new(1);
 impl fmt::Debug for IdentityCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdentityCache")
-            .field("entries", &self.shared.cache.entry_count())
+            .field("entries", &self.shared.cache.len())
             .finish()
     }
 }
@@ -477,19 +480,9 @@ impl IdentityCache {
         clock: SharedClock,
         metrics: Metrics,
     ) -> Self {
-        let evictions = metrics.cache_evictions.clone();
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(config.max_identities)
-            .eviction_listener(move |_key, value: Arc<Identity>, cause| {
-                value.retired.store(true, Ordering::Release);
-                if cause == moka::notification::RemovalCause::Size {
-                    evictions.with_label_values(&["capacity"]).inc();
-                }
-            })
-            .build_with_hasher(foldhash::quality::RandomState::default());
         Self {
             shared: Arc::new(Shared {
-                cache,
+                cache: table::Table::new(config.max_identities),
                 exchanger,
                 policy: Policy::from_config(config),
                 config: config.clone(),
@@ -551,15 +544,30 @@ impl IdentityCache {
     /// The entry for `token`'s identity, created if absent; marks it used and offers the token.
     pub fn entry(&self, token: &Arc<VerifiedToken>, role: Option<&str>) -> Arc<Identity> {
         let s = &self.shared;
+        let now = s.clock.now();
         let entry = match role.is_none().then(|| s.remembered(token)).flatten() {
             Some(e) => e,
             None => {
                 let key = self.key_for(token, role);
                 let entry = match s.cache.get(&key) {
                     Some(e) => e,
-                    None => s.cache.get_with(key.clone(), || {
-                        Arc::new(Identity::new(key, token.provider.clone(), s.id))
-                    }),
+                    None => {
+                        let (entry, evicted) = s.cache.get_or_insert_with(&key, || {
+                            let entry = Identity::new(key.clone(), token.provider.clone(), s.id);
+                            // Asked for now: not the least recently used when the table is full.
+                            entry
+                                .last_used_ms
+                                .store(clock::unix_millis(now), Ordering::Relaxed);
+                            entry
+                        });
+                        if evicted > 0 {
+                            s.metrics
+                                .cache_evictions
+                                .with_label_values(&["capacity"])
+                                .inc_by(evicted as u64);
+                        }
+                        entry
+                    }
                 };
                 if role.is_none() {
                     let remembered: Weak<dyn std::any::Any + Send + Sync> =
@@ -571,7 +579,6 @@ impl IdentityCache {
                 entry
             }
         };
-        let now = s.clock.now();
         entry
             .last_used_ms
             .store(clock::unix_millis(now), Ordering::Relaxed);
@@ -660,13 +667,12 @@ impl IdentityCache {
 
     /// Every cached identity (for admin listings and gauges).
     pub fn identities(&self) -> Vec<Arc<Identity>> {
-        self.shared.cache.iter().map(|(_, v)| v).collect()
+        self.shared.cache.all()
     }
 
-    /// Number of cached identities (after pending maintenance).
+    /// Number of cached identities.
     pub fn len(&self) -> u64 {
-        self.shared.cache.run_pending_tasks();
-        self.shared.cache.entry_count()
+        u64::try_from(self.shared.cache.len()).unwrap_or(u64::MAX)
     }
 
     /// Whether the cache is empty.
@@ -725,10 +731,28 @@ impl Shared {
         Some(current)
     }
 
+    /// Removes the identity cached for `key` (logout, revocation).
     fn evict(&self, key: &IdentityKey, cause: EvictionCause) -> bool {
         let Some(entry) = self.cache.remove(key) else {
             return false;
         };
+        self.retire(&entry, cause);
+        true
+    }
+
+    /// Removes `entry` if it is still the one cached for its key (idle eviction: a newer
+    /// identity for the same key stays).
+    fn evict_entry(&self, entry: &Identity, cause: EvictionCause) -> bool {
+        if !self.cache.remove_entry(entry) {
+            return false;
+        }
+        self.retire(entry, cause);
+        true
+    }
+
+    /// What leaving the cache does to an identity: its token and credentials go at once.
+    fn retire(&self, entry: &Identity, cause: EvictionCause) {
+        let key = &entry.key;
         entry.retired.store(true, Ordering::Release);
         entry.clear();
         entry.wake_seq.store(0, Ordering::Relaxed);
@@ -749,6 +773,5 @@ impl Shared {
             .with_label_values(&[label])
             .inc();
         tracing::debug!(issuer = %key.issuer, cause = label, "identity evicted");
-        true
     }
 }

@@ -138,7 +138,7 @@ impl Shared {
     pub(super) async fn wake(&self, this: &Arc<Shared>, entry: Arc<Identity>) {
         let now = self.clock.now();
         if clock::saturating_sub(now, entry.last_used()) >= self.config.idle_timeout {
-            self.evict(&entry.key, EvictionCause::Idle);
+            self.evict_entry(&entry, EvictionCause::Idle);
             return;
         }
         let Some(current) = entry.current.load_full() else {

@@ -95,3 +95,88 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cache_evicts_the_identity_asked_for_least_recently_and_keeps_held_ones() {
+    let h = Harness::with(Tweaks {
+        cache: "max_identities = 3".into(),
+        setup: Some(std::sync::Arc::new(|issuer, dir| {
+            credbroker::fsutil::write_atomic(
+                &dir.join("id-token"),
+                issuer.token_for("auth0|configured").as_bytes(),
+            )
+            .expect("token file");
+        })),
+        // A configured identity: held (renewed whether or not anyone asks), so never the
+        // victim while an identity nothing holds is cached.
+        extra: "[identities.file]\nprovider = \"test\"\nid_token_file = \"{dir}/id-token\"\n"
+            .into(),
+        ..Tweaks::default()
+    })
+    .await;
+    let cached = || {
+        let mut s: Vec<String> = h
+            .running()
+            .broker
+            .identities
+            .identities()
+            .iter()
+            .map(|i| i.key().subject.to_string())
+            .collect();
+        s.sort();
+        s
+    };
+    for _ in 0..100 {
+        if !cached().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cached(), ["auth0|configured"]);
+    let tokens: BTreeMap<&str, String> = ["a", "b", "c", "d"]
+        .into_iter()
+        .map(|u| (u, h.issuer.token_for(&format!("auth0|{u}"))))
+        .collect();
+    let ask = |u: &'static str| {
+        let (h, token) = (&h, tokens[u].clone());
+        async move {
+            // Distinct milliseconds: recency is kept per millisecond.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let r = h.get(&token).await;
+            assert_eq!(r.status, 200, "{u}: {}", r.text());
+        }
+    };
+    let capacity_evictions = || {
+        metric(
+            &h.running().broker.metrics.render(),
+            "credbroker_cache_evictions_total{cause=\"capacity\"}",
+        )
+    };
+
+    ask("a").await;
+    ask("b").await;
+    ask("a").await; // a cache hit, and now the most recent
+    assert_eq!(capacity_evictions(), 0.0);
+    ask("c").await;
+    assert_eq!(
+        cached(),
+        ["auth0|a", "auth0|c", "auth0|configured"],
+        "b was asked least recently; the configured identity, older still, is held"
+    );
+    ask("d").await;
+    assert_eq!(cached(), ["auth0|c", "auth0|configured", "auth0|d"]);
+    assert_eq!(capacity_evictions(), 2.0);
+    assert_eq!(h.get_id_calls(), 5, "the configured identity, a, b, c, d");
+
+    // Cached identities cost Cognito nothing; an evicted one starts over.
+    let credentials = h.credential_calls();
+    ask("c").await;
+    ask("d").await;
+    assert_eq!((h.get_id_calls(), h.credential_calls()), (5, credentials));
+    ask("b").await;
+    assert_eq!(h.get_id_calls(), 6, "b was evicted: a new exchange");
+    assert_eq!(cached(), ["auth0|b", "auth0|configured", "auth0|d"]);
+    assert_eq!(capacity_evictions(), 3.0);
+    assert_eq!(h.running().broker.identities.len(), 3);
+    h.stop().await;
+}

@@ -10,6 +10,10 @@
 //!   minus `Host`, sends them to `upstream-url` over a pooled keep-alive client and streams the
 //!   answer back. The same runtime and HTTP/1 settings; no authentication, no checks — what any
 //!   proxy process in the path costs.
+//! - `tcp-relay <port> <upstream-host:port>`: the floor under that, a byte relay: each accepted
+//!   connection gets its own upstream connection and the bytes are copied both ways
+//!   (`copy_bidirectional`, no HTTP parsing at all). What a process in the path costs before
+//!   it does any work.
 //! - `memory <n1,n2,…>`: RSS of a broker holding 0, n1, n2 … identities (a fresh process, so
 //!   nothing else has touched the heap).
 //! - `spread <identities> <lifetime-min> <simulated-min>`: the refresh-spread simulation under a
@@ -48,6 +52,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let result = match arg(0).as_str() {
         "baseline-server" => baseline_server(arg(1).parse().unwrap_or(0), &arg(2), &arg(3)),
         "proxy-baseline" => proxy_baseline(arg(1).parse().unwrap_or(0), &arg(2)),
+        "tcp-relay" => tcp_relay(arg(1).parse().unwrap_or(0), &arg(2)),
         "memory" => memory(&arg(1)),
         "spread" => spread(
             arg(1).parse().unwrap_or(1000),
@@ -219,6 +224,39 @@ fn bad_gateway() -> Response<http_body_util::Either<Incoming, Full<Bytes>>> {
     let mut r = Response::new(http_body_util::Either::Right(Full::new(Bytes::new())));
     *r.status_mut() = StatusCode::BAD_GATEWAY;
     r
+}
+
+// ---------------------------------------------------------------------------------------------
+// tcp-relay
+
+fn tcp_relay(port: u16, upstream: &str) -> Result<(), String> {
+    let upstream: SocketAddr = upstream.parse().map_err(|e| format!("{upstream}: {e}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("bind {addr}: {e}"))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        loop {
+            let (mut inbound, _) = tokio::select! {
+                _ = term.recv() => return Ok(()),
+                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            };
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -86,21 +86,32 @@ impl Env {
 
     /// The minimal reverse proxy in front of the emulated AppSync (`child proxy-baseline`).
     fn spawn_proxy(&self, port: u16, wrapper: &[String]) -> Child {
+        self.spawn_hop("proxy-baseline", port, self.appsync.url(), wrapper)
+    }
+
+    /// The byte relay in front of the emulated AppSync (`child tcp-relay`).
+    fn spawn_relay(&self, port: u16) -> Option<Child> {
+        let upstream: http::Uri = self.appsync.url().parse().ok()?;
+        Some(self.spawn_hop("tcp-relay", port, upstream.authority()?.as_str(), &[]))
+    }
+
+    /// A baseline process between the harness and the emulated AppSync.
+    fn spawn_hop(&self, mode: &str, port: u16, upstream: &str, wrapper: &[String]) -> Child {
         let exe = std::env::current_exe().expect("own executable");
         let mut argv: Vec<String> = wrapper.to_vec();
         argv.extend([
             exe.to_string_lossy().into_owned(),
             "child".to_owned(),
-            "proxy-baseline".to_owned(),
+            mode.to_owned(),
             port.to_string(),
-            self.appsync.url().to_owned(),
+            upstream.to_owned(),
         ]);
         Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
-            .expect("spawn the proxy baseline")
+            .expect("spawn a baseline hop")
     }
 
     /// The static baseline server (this binary, `child baseline-server`).
@@ -656,46 +667,52 @@ fn keep_profile(out: &Path, target: &str, requests: usize) {
     }
 }
 
-/// 6: p50/p99 added by forwarding through the broker, and by a minimal proxy process.
+/// 6: p50/p99 added by forwarding through the broker, by a minimal proxy process and by a byte
+/// relay process.
 async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
     let proxy_port = util::free_port();
-    let mut proxy = env.spawn_proxy(proxy_port, &[]);
-    let direct_url = env.appsync.url().to_owned();
-    let broker_url = format!("http://127.0.0.1:{port}/appsync/graphql");
-    let proxy_url = format!("http://127.0.0.1:{proxy_port}/graphql");
+    let relay_port = util::free_port();
+    let mut hops: Vec<Child> = vec![env.spawn_proxy(proxy_port, &[])];
+    hops.extend(env.spawn_relay(relay_port));
+    let stop = |hops: &mut Vec<Child>| {
+        for hop in hops.iter_mut() {
+            util::terminate(hop, Duration::from_secs(5));
+        }
+    };
+    let urls = [
+        env.appsync.url().to_owned(),
+        format!("http://127.0.0.1:{port}/appsync/graphql"),
+        format!("http://127.0.0.1:{proxy_port}/graphql"),
+        format!("http://127.0.0.1:{relay_port}/graphql"),
+    ];
     let headers = [
         ("authorization", env.token.as_str()),
         ("content-type", "application/json"),
     ];
     let body = Bytes::from_static(LIST_TODOS.as_bytes());
     let started = Instant::now();
-    for url in [&direct_url, &broker_url, &proxy_url] {
+    for (i, url) in urls.iter().enumerate() {
         loop {
             match util::send(&env.client, "POST", url, &headers, body.clone()).await {
                 Ok((200, _)) => break,
-                // The proxy may still be starting.
-                _ if url == &proxy_url && started.elapsed() < Duration::from_secs(10) => {
+                // The baseline hops may still be starting.
+                _ if i >= 2 && started.elapsed() < Duration::from_secs(10) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => {
                     report.note(format!("appsync: {url} answered {other:?}; figure skipped"));
-                    util::terminate(&mut proxy, Duration::from_secs(5));
+                    stop(&mut hops);
                     return;
                 }
             }
         }
     }
-    let mut direct = Vec::new();
-    let mut forwarded = Vec::new();
-    let mut proxied = Vec::new();
+    // direct, through credbroker, through the proxy, through the relay
+    let mut samples: [Vec<Duration>; 4] = Default::default();
     let chunk = 100.min(options.appsync_requests);
     let mut done = 0;
     while done < options.appsync_requests {
-        for (url, samples) in [
-            (&direct_url, &mut direct),
-            (&broker_url, &mut forwarded),
-            (&proxy_url, &mut proxied),
-        ] {
+        for (url, samples) in urls.iter().zip(samples.iter_mut()) {
             for _ in 0..chunk {
                 let started = Instant::now();
                 let r = util::send(&env.client, "POST", url, &headers, body.clone()).await;
@@ -706,35 +723,40 @@ async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
         }
         done += chunk;
     }
-    util::terminate(&mut proxy, Duration::from_secs(5));
-    for samples in [&mut direct, &mut forwarded, &mut proxied] {
-        samples.sort();
+    stop(&mut hops);
+    for s in &mut samples {
+        s.sort();
     }
-    let (d50, d99) = (quantile(&direct, 0.5), quantile(&direct, 0.99));
-    let (f50, f99) = (quantile(&forwarded, 0.5), quantile(&forwarded, 0.99));
-    let (p50, p99) = (quantile(&proxied, 0.5), quantile(&proxied, 0.99));
+    let [d, f, p, r] = samples
+        .each_ref()
+        .map(|s| (quantile(s, 0.5), quantile(s, 0.99)));
     report.row(
         "6 AppSync",
         format!(
             "POST /appsync/graphql (OIDC mode, listTodos), sequential keep-alive, {} requests each, \
              interleaved in chunks of {chunk}",
-            direct.len().min(forwarded.len()).min(proxied.len())
+            samples.iter().map(Vec::len).min().unwrap_or(0)
         ),
-        format!("through credbroker: p50 {}, p99 {}", fmt_duration(f50), fmt_duration(f99)),
+        format!("through credbroker: p50 {}, p99 {}", fmt_duration(f.0), fmt_duration(f.1)),
         format!(
             "emulated AppSync directly: p50 {}, p99 {}; through a minimal hyper proxy: p50 {}, \
-             p99 {}",
-            fmt_duration(d50),
-            fmt_duration(d99),
-            fmt_duration(p50),
-            fmt_duration(p99)
+             p99 {}; through a byte relay: p50 {}, p99 {}",
+            fmt_duration(d.0),
+            fmt_duration(d.1),
+            fmt_duration(p.0),
+            fmt_duration(p.1),
+            fmt_duration(r.0),
+            fmt_duration(r.1)
         ),
         format!(
-            "added p50 {}, p99 {} (the minimal proxy adds p50 {}, p99 {})",
-            fmt_signed(f50, d50),
-            fmt_signed(f99, d99),
-            fmt_signed(p50, d50),
-            fmt_signed(p99, d99)
+            "added p50 {}, p99 {} (the minimal proxy adds p50 {}, p99 {}; the byte relay p50 {}, \
+             p99 {})",
+            fmt_signed(f.0, d.0),
+            fmt_signed(f.1, d.1),
+            fmt_signed(p.0, d.0),
+            fmt_signed(p.1, d.1),
+            fmt_signed(r.0, d.0),
+            fmt_signed(r.1, d.1)
         ),
         "",
     );

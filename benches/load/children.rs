@@ -511,7 +511,7 @@ fn report_memory(report: &mut Report, line: &str, env: Option<&str>) {
 }
 
 /// Bytes per identity by part: the token, the body, the identity id and each struct as
-/// measured; the rest is the caches' entries (the identity cache's moka entry, the verified-token
+/// measured; the rest is the caches' entries (the identity table's slot, the verified-token
 /// memo's slot), the renewal queue and the allocator's rounding and headers.
 fn memory_parts(v: &serde_json::Value, marginal: f64) -> String {
     let mut parts: Vec<(String, f64)> = vec![

@@ -4,19 +4,23 @@
 //! - one entry per key, made at most once: [`Table::get_or_insert_with`] looks again and
 //!   inserts under the shard's write lock, so concurrent first requests share one identity;
 //! - at most `capacity` entries in all (one count over the shards). Inserting into a full table
-//!   first evicts from the inserting shard: the identity nothing holds (no
+//!   first evicts from the inserting shard: of [`SAMPLE`] identities looked at (from a cursor
+//!   that moves on each time, so every identity is looked at in turn; a shard of at most
+//!   `SAMPLE` is looked at whole, and its victim is exact), the one nothing holds (no
 //!   [`Hold`](super::Hold), no watcher) that was asked for least recently, else the least
-//!   recently asked of the held ones. The evicted identity is marked retired;
+//!   recently asked held one. The evicted identity is marked retired, and dropped after the
+//!   shard's lock is released;
 //! - a lookup costs one uncontended read lock and one probe, with no bookkeeping on reads:
 //!   recency is the identity's own `last_used_ms`, which every ask already stores;
 //! - a slot holds only the `Arc<Identity>` (the key lives in the identity, which the table
 //!   hashes): 8 bytes a slot, where the moka entry it replaced cost ~350 bytes per identity
 //!   (BENCHMARKS.md, row 5).
 //!
-//! Finding a victim scans one shard (at most a 16th of the table), and only when the table is
-//! full and a caller brings an identity not cached yet, which costs a Cognito exchange anyway.
-//! Tables smaller than [`SHARD_SPAN`] × 16 use fewer shards, so a full table never has an
-//! empty shard to insert into (which would leave nothing to evict there).
+//! Finding a victim dereferences [`SAMPLE`] identities whatever the capacity (reaching the
+//! cursor walks the shard's control bytes, without touching the identities), and happens only
+//! when the table is full and a caller brings an identity not cached yet. Tables smaller than
+//! [`SHARD_SPAN`] × 16 use fewer shards, so a full table never has an empty shard to insert
+//! into (which would leave nothing to evict there).
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +36,15 @@ const MAX_SHARDS: usize = 16;
 /// Capacity per shard below which the table uses fewer shards.
 const SHARD_SPAN: usize = 1024;
 
-type Shard = HashTable<Arc<Identity>>;
+/// Identities a full shard looks at to choose its victim (Redis samples 5 for its LRU).
+const SAMPLE: usize = 32;
+
+#[derive(Default)]
+struct Shard {
+    table: HashTable<Arc<Identity>>,
+    /// Where the next victim search starts, as a position in the table's iteration order.
+    cursor: usize,
+}
 
 /// See the module docs.
 pub(super) struct Table {
@@ -51,8 +63,8 @@ impl Table {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
         let shards = (capacity / SHARD_SPAN).clamp(1, MAX_SHARDS);
         Self {
-            first: RwLock::new(Shard::new()),
-            others: (1..shards).map(|_| RwLock::new(Shard::new())).collect(),
+            first: RwLock::default(),
+            others: (1..shards).map(|_| RwLock::default()).collect(),
             hasher: foldhash::quality::RandomState::default(),
             capacity,
             len: AtomicUsize::new(0),
@@ -63,6 +75,7 @@ impl Table {
     pub(super) fn get(&self, key: &IdentityKey) -> Option<Arc<Identity>> {
         let hash = self.hasher.hash_one(key);
         read(self.shard(hash))
+            .table
             .find(hash, |e| e.key == *key)
             .cloned()
     }
@@ -76,10 +89,13 @@ impl Table {
     ) -> (Arc<Identity>, usize) {
         let hash = self.hasher.hash_one(key);
         let mut shard = write(self.shard(hash));
-        if let Some(entry) = shard.find(hash, |e| e.key == *key) {
+        if let Some(entry) = shard.table.find(hash, |e| e.key == *key) {
             return (entry.clone(), 0);
         }
-        let mut evicted = 0;
+        // Made before it is counted, so nothing between the count and the insert can fail.
+        let entry = Arc::new(make());
+        // Dropped once the lock is released: the last reference frees a token and a body.
+        let mut evicted = Vec::new();
         loop {
             let n = self.len.load(Ordering::Acquire);
             if n < self.capacity {
@@ -94,25 +110,33 @@ impl Table {
             }
             // Full: make room in this shard. Another shard's insert may take the room freed
             // first, so this can take more than one eviction.
-            if !self.evict_one(&mut shard) {
-                // Nothing here to evict (only while other shards' inserts race a nearly
-                // empty one): over by one until the next removal.
-                self.len.fetch_add(1, Ordering::AcqRel);
-                break;
+            match self.evict_one(&mut shard) {
+                Some(victim) => evicted.push(victim),
+                None => {
+                    // Nothing here to evict (only while other shards' inserts race a nearly
+                    // empty one): over by one until the next removal.
+                    self.len.fetch_add(1, Ordering::AcqRel);
+                    break;
+                }
             }
-            evicted += 1;
         }
-        let entry = Arc::new(make());
         let hasher = &self.hasher;
-        shard.insert_unique(hash, entry.clone(), |e| hasher.hash_one(&e.key));
-        (entry, evicted)
+        shard
+            .table
+            .insert_unique(hash, entry.clone(), |e| hasher.hash_one(&e.key));
+        drop(shard);
+        (entry, evicted.len())
     }
 
     /// Removes the identity cached for `key`.
     pub(super) fn remove(&self, key: &IdentityKey) -> Option<Arc<Identity>> {
         let hash = self.hasher.hash_one(key);
         let mut shard = write(self.shard(hash));
-        let (entry, _) = shard.find_entry(hash, |e| e.key == *key).ok()?.remove();
+        let (entry, _) = shard
+            .table
+            .find_entry(hash, |e| e.key == *key)
+            .ok()?
+            .remove();
         self.len.fetch_sub(1, Ordering::AcqRel);
         Some(entry)
     }
@@ -121,7 +145,10 @@ impl Table {
     pub(super) fn remove_entry(&self, entry: &Identity) -> bool {
         let hash = self.hasher.hash_one(&entry.key);
         let mut shard = write(self.shard(hash));
-        let Ok(found) = shard.find_entry(hash, |e| std::ptr::eq(Arc::as_ptr(e), entry)) else {
+        let Ok(found) = shard
+            .table
+            .find_entry(hash, |e| std::ptr::eq(Arc::as_ptr(e), entry))
+        else {
             return false;
         };
         found.remove();
@@ -133,7 +160,7 @@ impl Table {
     pub(super) fn all(&self) -> Vec<Arc<Identity>> {
         let mut all = Vec::with_capacity(self.len());
         for shard in self.shards() {
-            all.extend(read(shard).iter().cloned());
+            all.extend(read(shard).table.iter().cloned());
         }
         all
     }
@@ -143,22 +170,29 @@ impl Table {
         self.len.load(Ordering::Acquire)
     }
 
-    /// Evicts the victim the module docs describe from `shard`; false when it is empty.
-    fn evict_one(&self, shard: &mut Shard) -> bool {
+    /// Evicts the victim the module docs describe from `shard`; `None` when it is empty.
+    fn evict_one(&self, shard: &mut Shard) -> Option<Arc<Identity>> {
+        let n = shard.table.len();
+        if n == 0 {
+            return None;
+        }
+        let start = shard.cursor % n;
+        shard.cursor = start + SAMPLE;
         let victim = shard
+            .table
             .iter()
-            .min_by_key(|e| (e.is_held(), e.last_used_ms.load(Ordering::Relaxed)))
-            .cloned();
-        let Some(victim) = victim else {
-            return false;
-        };
+            .skip(start)
+            .chain(shard.table.iter())
+            .take(SAMPLE.min(n))
+            .min_by_key(|e| (e.is_held(), e.last_used_ms.load(Ordering::Relaxed)))?
+            .clone();
         let hash = self.hasher.hash_one(&victim.key);
-        if let Ok(found) = shard.find_entry(hash, |e| Arc::ptr_eq(e, &victim)) {
+        if let Ok(found) = shard.table.find_entry(hash, |e| Arc::ptr_eq(e, &victim)) {
             found.remove();
             self.len.fetch_sub(1, Ordering::AcqRel);
         }
         victim.retired.store(true, Ordering::Release);
-        true
+        Some(victim)
     }
 
     /// The shard of `hash`.
@@ -319,6 +353,50 @@ mod tests {
     }
 
     #[test]
+    fn a_large_full_shard_evicts_old_identities_not_recent_ones() {
+        let f = Fixture::new();
+        let table = Table::new(1024);
+        assert_eq!(table.shards().count(), 1);
+        for i in 0..1024 {
+            f.ask(&table, &format!("old-{i}"), 1 + i);
+        }
+        for j in 0..512 {
+            let (_, evicted) = f.ask(&table, &format!("new-{j}"), 10_000 + j);
+            assert_eq!(evicted, 1);
+        }
+        let cached = f.cached(&table);
+        assert_eq!(cached.len(), 1024);
+        assert_eq!(
+            cached.iter().filter(|s| s.starts_with("new-")).count(),
+            512,
+            "every victim was one of the old identities"
+        );
+    }
+
+    #[test]
+    fn concurrent_inserts_and_removes_keep_the_count_exact() {
+        let f = Fixture::new();
+        let table = Table::new(2048);
+        assert_eq!(table.shards().count(), 2);
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (f, table) = (&f, &table);
+                scope.spawn(move || {
+                    for i in 0..3_000u64 {
+                        let subject = format!("t{t}-{i}");
+                        f.ask(table, &subject, i);
+                        if i % 3 == 0 {
+                            table.remove(&f.key(&subject));
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(table.len(), table.all().len());
+        assert!(table.len() <= 2048, "{} cached", table.len());
+    }
+
+    #[test]
     fn removing_an_entry_leaves_a_newer_one_for_the_same_key() {
         let f = Fixture::new();
         let table = Table::new(10);
@@ -349,7 +427,7 @@ mod tests {
             f.ask(&table, &format!("user-{i}"), i);
         }
         for shard in table.shards() {
-            let n = read(shard).len();
+            let n = read(shard).table.len();
             assert!(
                 (150..350).contains(&n),
                 "{n} identities in one shard of 16 for 4,000"

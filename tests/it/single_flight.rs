@@ -109,7 +109,9 @@ async fn a_full_cache_evicts_the_identity_asked_for_least_recently_and_keeps_hel
         })),
         // A configured identity: held (renewed whether or not anyone asks), so never the
         // victim while an identity nothing holds is cached.
-        extra: "[identities.file]\nprovider = \"test\"\nid_token_file = \"{dir}/id-token\"\n"
+        // Polled once an hour: no re-read makes it the most recently asked during the test.
+        extra: "[identities.file]\nprovider = \"test\"\nid_token_file = \"{dir}/id-token\"\n\
+                poll_interval = \"1h\"\n"
             .into(),
         ..Tweaks::default()
     })
@@ -126,13 +128,22 @@ async fn a_full_cache_evicts_the_identity_asked_for_least_recently_and_keeps_hel
         s.sort();
         s
     };
-    for _ in 0..100 {
-        if !cached().is_empty() {
+    let warm = || {
+        h.running()
+            .broker
+            .identities
+            .identities()
+            .iter()
+            .any(|i| i.current().is_some())
+    };
+    for _ in 0..200 {
+        if warm() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(cached(), ["auth0|configured"]);
+    assert!(warm(), "the configured identity has its credentials");
     let tokens: BTreeMap<&str, String> = ["a", "b", "c", "d"]
         .into_iter()
         .map(|u| (u, h.issuer.token_for(&format!("auth0|{u}"))))

@@ -1,5 +1,6 @@
 //! The verified-token memo behind [`Validator::validate`](super::Validator::validate): tokens
-//! already verified, by a keyed 64-bit hash of the raw token.
+//! already verified, by a keyed 64-bit hash of the raw token's length and tail
+//! (`Validator::memo_key`).
 //!
 //! Promises:
 //! - at most `capacity` tokens are held (split evenly over the shards); inserting into a full

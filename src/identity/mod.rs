@@ -34,7 +34,9 @@
 //! - **idle eviction**: an identity without callers for `cache.idle_timeout` is not renewed and
 //!   is removed at its next scheduled wake-up;
 //! - **bounded**: at most `cache.max_identities` entries; a new identity in a full cache evicts
-//!   the one asked for least recently, held ones last (`table.rs`).
+//!   the one asked for least recently, held ones last (`table.rs`); an evicted identity is
+//!   not renewed, even while something holds it (its holders find the new entry on their next
+//!   ask).
 //!
 //! Words: *renew* is a new `GetCredentialsForIdentity` ahead of expiry (config keys and metrics
 //! keep their `refresh_*` names); *redeem* is a refresh token turned into an ID token

@@ -136,6 +136,11 @@ impl Shared {
 
     /// A scheduled wake-up: evict if idle, refresh if due, or re-arm.
     pub(super) async fn wake(&self, this: &Arc<Shared>, entry: Arc<Identity>) {
+        if entry.retired.load(Ordering::Acquire) {
+            // Out of the cache (evicted for capacity while something held it): its holders
+            // find the identity's new entry on their next ask, and only that one is renewed.
+            return;
+        }
         let now = self.clock.now();
         if clock::saturating_sub(now, entry.last_used()) >= self.config.idle_timeout {
             self.evict_entry(&entry, EvictionCause::Idle);

@@ -404,3 +404,65 @@ poll_interval = "1h"
     let current = identity.current().expect("credentials");
     assert!(current.servable_at(h.clock.now()), "always fresh");
 }
+
+/// An identity evicted for capacity is renewed no more, although its source still holds it:
+/// the source finds the identity's new entry on its next ask, and only that one is renewed.
+#[tokio::test]
+async fn an_identity_evicted_for_capacity_is_not_renewed_although_held() {
+    let h = paused(Tweaks {
+        cache: "max_identities = 1\nrefresh_jitter = \"0s\"".into(),
+        setup: Some(Arc::new(|issuer, dir| {
+            let token = issuer.mint(&TokenSpec {
+                lifetime: Some(Duration::from_secs(24 * 3600)),
+                ..TokenSpec::for_subject("auth0|configured")
+            });
+            credbroker::fsutil::write_atomic(&dir.join("id-token"), token.as_bytes())
+                .expect("token file");
+        })),
+        extra: r#"
+[identities.file]
+provider = "test"
+id_token_file = "{dir}/id-token"
+# Re-read (and touched) only hourly: nothing re-creates its entry during the test.
+poll_interval = "1h"
+"#
+        .into(),
+        ..Tweaks::default()
+    })
+    .await;
+    assert_eq!(
+        h.credential_calls(),
+        1,
+        "the configured identity, warmed at start-up"
+    );
+    let t = token(&h, "auth0|newcomer", Duration::from_secs(12 * 3600));
+    creds(&h, &t).await.expect("newcomer");
+    let cached: Vec<String> = h
+        .running()
+        .broker
+        .identities
+        .identities()
+        .iter()
+        .map(|i| i.key().subject.to_string())
+        .collect();
+    assert_eq!(
+        cached,
+        ["auth0|newcomer"],
+        "the held identity, the only one, made room"
+    );
+    assert_eq!(
+        metric(
+            &metrics(&h),
+            "credbroker_cache_evictions_total{cause=\"capacity\"}"
+        ),
+        1.0
+    );
+
+    // Both sets were obtained at the start and are due 30 minutes before their expiry.
+    tokio::time::sleep(36 * MIN).await;
+    assert_eq!(
+        h.credential_calls(),
+        3,
+        "only the newcomer's set was renewed (the evicted identity's renewal would make 4)"
+    );
+}

@@ -365,25 +365,12 @@ async fn an_sdk_that_asks_once_per_set_never_waits_on_cognito() {
 /// asking, however short Cognito's lifetime.
 #[tokio::test]
 async fn a_configured_identity_keeps_refreshing_with_nobody_asking() {
-    let h = paused(moto_like(Tweaks {
-        setup: Some(Arc::new(|issuer, dir| {
-            let token = issuer.mint(&TokenSpec {
-                lifetime: Some(Duration::from_secs(24 * 3600)),
-                ..TokenSpec::for_subject("auth0|configured")
-            });
-            credbroker::fsutil::write_atomic(&dir.join("id-token"), token.as_bytes())
-                .expect("token file");
-        })),
-        extra: r#"
-[identities.file]
-provider = "test"
-id_token_file = "{dir}/id-token"
-# Re-read (and touched) only hourly: only the hold keeps it in use meanwhile.
-poll_interval = "1h"
-"#
-        .into(),
-        ..Tweaks::default()
-    }))
+    // Re-read (and touched) only hourly: only the hold keeps it in use meanwhile.
+    let h = paused(moto_like(Tweaks::default().configured_identity(
+        "auth0|configured",
+        Duration::from_secs(24 * 3600),
+        "1h",
+    )))
     .await;
     let start = h.credential_calls();
     assert!(start >= 1, "warmed at start-up");
@@ -409,26 +396,14 @@ poll_interval = "1h"
 /// the source finds the identity's new entry on its next ask, and only that one is renewed.
 #[tokio::test]
 async fn an_identity_evicted_for_capacity_is_not_renewed_although_held() {
-    let h = paused(Tweaks {
-        cache: "max_identities = 1\nrefresh_jitter = \"0s\"".into(),
-        setup: Some(Arc::new(|issuer, dir| {
-            let token = issuer.mint(&TokenSpec {
-                lifetime: Some(Duration::from_secs(24 * 3600)),
-                ..TokenSpec::for_subject("auth0|configured")
-            });
-            credbroker::fsutil::write_atomic(&dir.join("id-token"), token.as_bytes())
-                .expect("token file");
-        })),
-        extra: r#"
-[identities.file]
-provider = "test"
-id_token_file = "{dir}/id-token"
-# Re-read (and touched) only hourly: nothing re-creates its entry during the test.
-poll_interval = "1h"
-"#
-        .into(),
-        ..Tweaks::default()
-    })
+    // Re-read (and touched) only hourly: nothing re-creates its entry during the test.
+    let h = paused(
+        Tweaks {
+            cache: "max_identities = 1\nrefresh_jitter = \"0s\"".into(),
+            ..Tweaks::default()
+        }
+        .configured_identity("auth0|configured", Duration::from_secs(24 * 3600), "1h"),
+    )
     .await;
     assert_eq!(
         h.credential_calls(),
@@ -437,16 +412,8 @@ poll_interval = "1h"
     );
     let t = token(&h, "auth0|newcomer", Duration::from_secs(12 * 3600));
     creds(&h, &t).await.expect("newcomer");
-    let cached: Vec<String> = h
-        .running()
-        .broker
-        .identities
-        .identities()
-        .iter()
-        .map(|i| i.key().subject.to_string())
-        .collect();
     assert_eq!(
-        cached,
+        h.cached_subjects(),
         ["auth0|newcomer"],
         "the held identity, the only one, made room"
     );

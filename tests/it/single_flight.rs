@@ -98,36 +98,18 @@ pub fn metric(text: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_cache_evicts_the_identity_asked_for_least_recently_and_keeps_held_ones() {
-    let h = Harness::with(Tweaks {
-        cache: "max_identities = 3".into(),
-        setup: Some(std::sync::Arc::new(|issuer, dir| {
-            credbroker::fsutil::write_atomic(
-                &dir.join("id-token"),
-                issuer.token_for("auth0|configured").as_bytes(),
-            )
-            .expect("token file");
-        })),
-        // A configured identity: held (renewed whether or not anyone asks), so never the
-        // victim while an identity nothing holds is cached.
-        // Polled once an hour: no re-read makes it the most recently asked during the test.
-        extra: "[identities.file]\nprovider = \"test\"\nid_token_file = \"{dir}/id-token\"\n\
-                poll_interval = \"1h\"\n"
-            .into(),
-        ..Tweaks::default()
-    })
+    // A configured identity: held (renewed whether or not anyone asks), so never the victim
+    // while an identity nothing holds is cached. Polled once an hour: no re-read makes it the
+    // most recently asked during the test.
+    let h = Harness::with(
+        Tweaks {
+            cache: "max_identities = 3".into(),
+            ..Tweaks::default()
+        }
+        .configured_identity("auth0|configured", Duration::from_secs(10 * 3600), "1h"),
+    )
     .await;
-    let cached = || {
-        let mut s: Vec<String> = h
-            .running()
-            .broker
-            .identities
-            .identities()
-            .iter()
-            .map(|i| i.key().subject.to_string())
-            .collect();
-        s.sort();
-        s
-    };
+    let cached = || h.cached_subjects();
     let warm = || {
         h.running()
             .broker

@@ -316,23 +316,7 @@ async fn refresh_tokens_work_over_http_with_a_confidential_client() {
 
 #[tokio::test]
 async fn rewriting_the_token_file_is_picked_up() {
-    let t = Tweaks {
-        setup: Some(Arc::new(|issuer, dir| {
-            credbroker::fsutil::write_atomic(
-                &dir.join("id-token"),
-                issuer.token_for("auth0|file-a").as_bytes(),
-            )
-            .expect("token file");
-        })),
-        extra: r#"
-[identities.file]
-provider = "test"
-id_token_file = "{dir}/id-token"
-poll_interval = "100ms"
-"#
-        .into(),
-        ..Tweaks::default()
-    };
+    let t = Tweaks::default().configured_identity("auth0|file-a", 10 * 60 * MIN, "100ms");
     let h = Harness::with(t).await;
     let identity = h.running().configured.get("file").expect("configured");
     let broker = &h.running().broker;

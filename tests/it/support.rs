@@ -65,6 +65,32 @@ pub struct Tweaks {
 /// See [`Tweaks::setup`].
 pub type Setup = Arc<dyn Fn(&OidcIssuer, &Path) + Send + Sync>;
 
+impl Tweaks {
+    /// Adds the configured identity `[identities.file]`: an ID token for `subject` valid for
+    /// `lifetime`, written to `{dir}/id-token` at setup and re-read every `poll_interval` (a
+    /// TOML duration). Replaces [`Tweaks::setup`].
+    pub fn configured_identity(
+        mut self,
+        subject: &'static str,
+        lifetime: Duration,
+        poll_interval: &str,
+    ) -> Self {
+        self.setup = Some(Arc::new(move |issuer, dir| {
+            let token = issuer.mint(&credbroker_emulators::oidc::TokenSpec {
+                lifetime: Some(lifetime),
+                ..credbroker_emulators::oidc::TokenSpec::for_subject(subject)
+            });
+            credbroker::fsutil::write_atomic(&dir.join("id-token"), token.as_bytes())
+                .expect("token file");
+        }));
+        self.extra.push_str(&format!(
+            "\n[identities.file]\nprovider = \"test\"\nid_token_file = \"{{dir}}/id-token\"\n\
+             poll_interval = \"{poll_interval}\"\n"
+        ));
+        self
+    }
+}
+
 pub struct Harness {
     pub issuer: OidcIssuer,
     pub cognito: CognitoEmulator,
@@ -263,6 +289,20 @@ impl Harness {
     /// `http://127.0.0.1:PORT/` of the IMDS endpoint.
     pub fn imds_url(&self) -> String {
         self.running().imds_url().expect("[imds] configured")
+    }
+
+    /// The subjects of the cached identities, sorted.
+    pub fn cached_subjects(&self) -> Vec<String> {
+        let mut subjects: Vec<String> = self
+            .running()
+            .broker
+            .identities
+            .identities()
+            .iter()
+            .map(|i| i.key().subject.to_string())
+            .collect();
+        subjects.sort();
+        subjects
     }
 
     pub fn running(&self) -> &Running {

@@ -10,6 +10,10 @@
 //!   minus `Host`, sends them to `upstream-url` over a pooled keep-alive client and streams the
 //!   answer back. The same runtime and HTTP/1 settings; no authentication, no checks — what any
 //!   proxy process in the path costs.
+//! - `proxy-intask <port> <upstream-url>`: `proxy-baseline` with its upstream connection driven
+//!   in the request's own task (hyper's low-level client and a pool of idle connections), not
+//!   by a connection task the request hands off to: whether that hand-off is what a proxy
+//!   costs.
 //! - `tcp-relay <port> <upstream-host:port>`: the floor under that, a byte relay: each accepted
 //!   connection gets its own upstream connection and the bytes are copied both ways
 //!   (`copy_bidirectional`, no HTTP parsing at all). What a process in the path costs before
@@ -53,6 +57,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "baseline-server" => baseline_server(arg(1).parse().unwrap_or(0), &arg(2), &arg(3)),
         "proxy-baseline" => proxy_baseline(arg(1).parse().unwrap_or(0), &arg(2)),
         "tcp-relay" => tcp_relay(arg(1).parse().unwrap_or(0), &arg(2)),
+        "proxy-intask" => proxy_intask(arg(1).parse().unwrap_or(0), &arg(2)),
         "memory" => memory(&arg(1)),
         "spread" => spread(
             arg(1).parse().unwrap_or(1000),
@@ -222,6 +227,98 @@ fn proxy_baseline(port: u16, upstream: &str) -> Result<(), String> {
 
 fn bad_gateway() -> Response<http_body_util::Either<Incoming, Full<Bytes>>> {
     let mut r = Response::new(http_body_util::Either::Right(Full::new(Bytes::new())));
+    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// proxy-intask
+
+/// One idle upstream HTTP/1.1 connection: its request handle and the connection future, which
+/// only the request using it polls.
+type Upstream = (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>,
+);
+
+/// `proxy-baseline` without the hand-off: the request's own task drives the upstream
+/// connection (hyper's low-level client, a pool of idle connections), so no second task is
+/// woken on the way out or back. The answer is buffered (head and body in one write).
+fn proxy_intask(port: u16, upstream: &str) -> Result<(), String> {
+    use http_body_util::BodyExt as _;
+    let uri: http::Uri = upstream.parse().map_err(|e| format!("{upstream}: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or(format!("{upstream}: no host"))?
+        .to_string();
+    let host = header::HeaderValue::from_str(&authority).map_err(|e| e.to_string())?;
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let pool: Arc<std::sync::Mutex<Vec<Upstream>>> = Arc::default();
+    serve_baseline(port, move |req: Request<Incoming>| {
+        let (pool, path, authority, host) =
+            (pool.clone(), path.clone(), authority.clone(), host.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let Ok(body) = body.collect().await else {
+                return Ok(bad_gateway_full());
+            };
+            let mut out = Request::new(Full::new(body.to_bytes()));
+            *out.method_mut() = parts.method;
+            *out.uri_mut() = http::Uri::from(path);
+            let headers = out.headers_mut();
+            for (name, value) in &parts.headers {
+                if name != header::HOST {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+            headers.insert(header::HOST, host);
+            let idle = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+            let (mut send, mut conn) = match idle {
+                Some(up) => up,
+                None => {
+                    let Ok(stream) = tokio::net::TcpStream::connect(&authority).await else {
+                        return Ok(bad_gateway_full());
+                    };
+                    let _ = stream.set_nodelay(true);
+                    match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                        Ok(up) => up,
+                        Err(_) => return Ok(bad_gateway_full()),
+                    }
+                }
+            };
+            let answer = tokio::select! {
+                biased;
+                r = send.send_request(out) => r,
+                _ = &mut conn => return Ok(bad_gateway_full()),
+            };
+            let Ok(answer) = answer else {
+                return Ok(bad_gateway_full());
+            };
+            let (parts, body) = answer.into_parts();
+            let body = tokio::select! {
+                biased;
+                b = body.collect() => b,
+                _ = &mut conn => return Ok(bad_gateway_full()),
+            };
+            let Ok(body) = body else {
+                return Ok(bad_gateway_full());
+            };
+            if let Ok(mut p) = pool.lock() {
+                p.push((send, conn));
+            }
+            Ok::<_, std::convert::Infallible>(Response::from_parts(
+                parts,
+                Full::new(body.to_bytes()),
+            ))
+        }
+    })
+}
+
+fn bad_gateway_full() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::BAD_GATEWAY;
     r
 }

@@ -9,7 +9,7 @@
 //! | 3 | single-flight        | 1,000 concurrent cold requests for one identity; 10,000 identities warmed; emulated Cognito's call counters |
 //! | 4 | refresh spread       | child process, in-process Cognito, paused tokio clock (`child spread`) |
 //! | 5 | memory               | child process, RSS from /proc/self/statm at 0, 10k, 100k identities (`child memory`) |
-//! | 6 | AppSync forwarding   | sequential `POST /appsync/graphql` through the broker vs to the emulated AppSync directly, through a minimal hyper reverse proxy (`child proxy-baseline`) and through a byte relay (`child tcp-relay`): what any process in the path costs; optional callgrind instructions per forwarded request of both |
+//! | 6 | AppSync forwarding   | sequential `POST /appsync/graphql` through the broker vs to the emulated AppSync directly, through a minimal hyper reverse proxy (`child proxy-baseline`, and `child proxy-intask`: the same without the hand-off to a connection task) and through a byte relay (`child tcp-relay`): what any process in the path costs; optional callgrind instructions per forwarded request of both |
 //! | 7 | cold start           | exec of `credbroker run` to its first 200, vs exec of `true`          |
 //! | 8 | fleet                | 3 in-process replicas × M users with and without the shared tier (a real redis-server): Cognito calls, first-request p50, local-hit p50 ([`fleet`]) |
 //! | 9 | real-time            | AppSync subscriptions over WebSocket through `credbroker run` vs to the emulated AppSync directly (the emulators in a child process, `child realtime-upstream`): mutation → `data` frame p50/p99 in OIDC and IAM mode, and RSS per idle subscribed connection of both servers ([`realtime`]) |

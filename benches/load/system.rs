@@ -667,13 +667,16 @@ fn keep_profile(out: &Path, target: &str, requests: usize) {
     }
 }
 
-/// 6: p50/p99 added by forwarding through the broker, by a minimal proxy process and by a byte
-/// relay process.
+/// 6: p50/p99 added by forwarding through the broker, by a minimal proxy process (pooled client,
+/// and the same with its upstream connection driven in the request's task) and by a byte relay
+/// process.
 async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
     let proxy_port = util::free_port();
     let relay_port = util::free_port();
+    let intask_port = util::free_port();
     let mut hops: Vec<Child> = vec![env.spawn_proxy(proxy_port, &[])];
     hops.extend(env.spawn_relay(relay_port));
+    hops.push(env.spawn_hop("proxy-intask", intask_port, env.appsync.url(), &[]));
     let stop = |hops: &mut Vec<Child>| {
         for hop in hops.iter_mut() {
             util::terminate(hop, Duration::from_secs(5));
@@ -684,6 +687,7 @@ async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
         format!("http://127.0.0.1:{port}/appsync/graphql"),
         format!("http://127.0.0.1:{proxy_port}/graphql"),
         format!("http://127.0.0.1:{relay_port}/graphql"),
+        format!("http://127.0.0.1:{intask_port}/graphql"),
     ];
     let headers = [
         ("authorization", env.token.as_str()),
@@ -707,8 +711,8 @@ async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
             }
         }
     }
-    // direct, through credbroker, through the proxy, through the relay
-    let mut samples: [Vec<Duration>; 4] = Default::default();
+    // direct, through credbroker, through the proxy, through the relay, through the in-task proxy
+    let mut samples: [Vec<Duration>; 5] = Default::default();
     let chunk = 100.min(options.appsync_requests);
     let mut done = 0;
     while done < options.appsync_requests {
@@ -727,7 +731,7 @@ async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
     for s in &mut samples {
         s.sort();
     }
-    let [d, f, p, r] = samples
+    let [d, f, p, r, t] = samples
         .each_ref()
         .map(|s| (quantile(s, 0.5), quantile(s, 0.99)));
     report.row(
@@ -740,21 +744,26 @@ async fn appsync(options: &Options, report: &mut Report, env: &Env, port: u16) {
         format!("through credbroker: p50 {}, p99 {}", fmt_duration(f.0), fmt_duration(f.1)),
         format!(
             "emulated AppSync directly: p50 {}, p99 {}; through a minimal hyper proxy: p50 {}, \
-             p99 {}; through a byte relay: p50 {}, p99 {}",
+             p99 {}; through the same proxy driving its upstream connection in the request's \
+             task: p50 {}, p99 {}; through a byte relay: p50 {}, p99 {}",
             fmt_duration(d.0),
             fmt_duration(d.1),
             fmt_duration(p.0),
             fmt_duration(p.1),
+            fmt_duration(t.0),
+            fmt_duration(t.1),
             fmt_duration(r.0),
             fmt_duration(r.1)
         ),
         format!(
-            "added p50 {}, p99 {} (the minimal proxy adds p50 {}, p99 {}; the byte relay p50 {}, \
-             p99 {})",
+            "added p50 {}, p99 {} (the minimal proxy adds p50 {}, p99 {}; in-task p50 {}, p99 \
+             {}; the byte relay p50 {}, p99 {})",
             fmt_signed(f.0, d.0),
             fmt_signed(f.1, d.1),
             fmt_signed(p.0, d.0),
             fmt_signed(p.1, d.1),
+            fmt_signed(t.0, d.0),
+            fmt_signed(t.1, d.1),
             fmt_signed(r.0, d.0),
             fmt_signed(r.1, d.1)
         ),

@@ -41,7 +41,7 @@ use credbroker::secret::SecretString;
 use credbroker_emulators::cognito::{CognitoEmulator, CognitoOptions, TrustedProvider};
 use credbroker_emulators::oidc::{IssuerOptions, OidcIssuer, SigningAlg, TokenSpec};
 use futures_util::future::BoxFuture;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -196,37 +196,43 @@ fn baseline_server(port: u16, token_file: &str, body_file: &str) -> Result<(), S
 // proxy-baseline
 
 fn proxy_baseline(port: u16, upstream: &str) -> Result<(), String> {
-    use http_body_util::BodyExt as _;
     let upstream: http::Uri = upstream.parse().map_err(|e| format!("{upstream}: {e}"))?;
     let client = util::client();
     serve_baseline(port, move |req: Request<Incoming>| {
         let client = client.clone();
         let upstream = upstream.clone();
         async move {
-            let (parts, body) = req.into_parts();
-            let body = match body.collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return Ok(bad_gateway()),
+            let Some(out) = relayed(req, upstream).await else {
+                return Ok(bad_gateway().map(Either::Right));
             };
-            let mut out = Request::new(Full::new(body));
-            *out.method_mut() = parts.method;
-            *out.uri_mut() = upstream;
-            let headers = out.headers_mut();
-            for (name, value) in &parts.headers {
-                if name != header::HOST {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
             Ok::<_, std::convert::Infallible>(match client.request(out).await {
-                Ok(r) => r.map(http_body_util::Either::Left),
-                Err(_) => bad_gateway(),
+                Ok(r) => r.map(Either::Left),
+                Err(_) => bad_gateway().map(Either::Right),
             })
         }
     })
 }
 
-fn bad_gateway() -> Response<http_body_util::Either<Incoming, Full<Bytes>>> {
-    let mut r = Response::new(http_body_util::Either::Right(Full::new(Bytes::new())));
+/// What both proxies send upstream: the caller's method, buffered body and headers minus
+/// `Host`, to `uri`; `None` when the body cannot be read.
+async fn relayed(req: Request<Incoming>, uri: http::Uri) -> Option<Request<Full<Bytes>>> {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.ok()?.to_bytes();
+    let mut out = Request::new(Full::new(body));
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    let headers = out.headers_mut();
+    for (name, value) in &parts.headers {
+        if name != header::HOST {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    Some(out)
+}
+
+fn bad_gateway() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::BAD_GATEWAY;
     r
 }
@@ -261,50 +267,40 @@ fn proxy_intask(port: u16, upstream: &str) -> Result<(), String> {
         let (pool, path, authority, host) =
             (pool.clone(), path.clone(), authority.clone(), host.clone());
         async move {
-            let (parts, body) = req.into_parts();
-            let Ok(body) = body.collect().await else {
-                return Ok(bad_gateway_full());
+            let Some(mut out) = relayed(req, http::Uri::from(path)).await else {
+                return Ok(bad_gateway());
             };
-            let mut out = Request::new(Full::new(body.to_bytes()));
-            *out.method_mut() = parts.method;
-            *out.uri_mut() = http::Uri::from(path);
-            let headers = out.headers_mut();
-            for (name, value) in &parts.headers {
-                if name != header::HOST {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
-            headers.insert(header::HOST, host);
+            out.headers_mut().insert(header::HOST, host);
             let idle = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
             let (mut send, mut conn) = match idle {
                 Some(up) => up,
                 None => {
                     let Ok(stream) = tokio::net::TcpStream::connect(&authority).await else {
-                        return Ok(bad_gateway_full());
+                        return Ok(bad_gateway());
                     };
                     let _ = stream.set_nodelay(true);
                     match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
                         Ok(up) => up,
-                        Err(_) => return Ok(bad_gateway_full()),
+                        Err(_) => return Ok(bad_gateway()),
                     }
                 }
             };
             let answer = tokio::select! {
                 biased;
                 r = send.send_request(out) => r,
-                _ = &mut conn => return Ok(bad_gateway_full()),
+                _ = &mut conn => return Ok(bad_gateway()),
             };
             let Ok(answer) = answer else {
-                return Ok(bad_gateway_full());
+                return Ok(bad_gateway());
             };
             let (parts, body) = answer.into_parts();
             let body = tokio::select! {
                 biased;
                 b = body.collect() => b,
-                _ = &mut conn => return Ok(bad_gateway_full()),
+                _ = &mut conn => return Ok(bad_gateway()),
             };
             let Ok(body) = body else {
-                return Ok(bad_gateway_full());
+                return Ok(bad_gateway());
             };
             if let Ok(mut p) = pool.lock() {
                 p.push((send, conn));
@@ -315,12 +311,6 @@ fn proxy_intask(port: u16, upstream: &str) -> Result<(), String> {
             ))
         }
     })
-}
-
-fn bad_gateway_full() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::BAD_GATEWAY;
-    r
 }
 
 // ---------------------------------------------------------------------------------------------
